@@ -1,0 +1,57 @@
+# Users' entry points. Each concern's targets live in mk/<concern>.mk (image, aws, k8s,
+# loadtest, bench, train); this file holds the shared variables and the core loop.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# torch must be the CPU build on machines without a GPU: a plain `torch` pulls several GB of CUDA.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+EXTRAS ?= ctranslate2,train,loadtest,dev,sagemaker-toolkit
+
+HOST ?= 127.0.0.1
+PORT ?= 8080
+# Unset: /opt/ml/model if present, else HF_MODEL_ID (google/flan-t5-base, needs the hub).
+MODEL_DIR ?=
+DEV_MODEL_DIR ?= models/tiny
+
+.PHONY: help install serve serve-dev devmodel test test-fast docs clean
+
+help: ## List targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "pip<26"
+	$(PIP) install -q --extra-index-url $(TORCH_INDEX) torch==2.13.0
+	$(PIP) install -q --extra-index-url $(TORCH_INDEX) -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv with the server, tests and tools (CPU torch)
+
+serve: install ## Serve MODEL_DIR (or /opt/ml/model, or the hub model) on $(HOST):$(PORT)
+	$(VENV)/bin/serve --host $(HOST) --port $(PORT) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR))
+
+$(DEV_MODEL_DIR)/config.json: | install
+	$(PY) -m serving.devmodel $(DEV_MODEL_DIR) --shape tiny --adapter
+
+devmodel: $(DEV_MODEL_DIR)/config.json ## Write a tiny random T5 (+ LoRA adapter) to models/tiny
+
+serve-dev: devmodel ## Serve the tiny random model's adapter (offline; output text is meaningless)
+	$(VENV)/bin/serve --host $(HOST) --port $(PORT) --model-dir $(DEV_MODEL_DIR)/adapter
+
+test: install ## The whole test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-fast: install ## Tests that need neither Docker nor the SageMaker toolkit
+	$(PY) -m pytest -q -m "not docker and not slow"
+
+docs: ## Regenerate docs/configuration.md from serving/settings.py
+	$(PY) -m serving.settings --markdown > docs/configuration.md
+
+clean:
+	rm -rf .pytest_cache build dist *.egg-info
+
+-include mk/*.mk

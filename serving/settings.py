@@ -1,0 +1,233 @@
+"""One typed settings object for the server, read from the environment.
+
+Every knob is a field below with the environment variable that sets it, its type, its
+default, and a sentence on its trade-off. SageMaker's own variable names are used where
+SageMaker defines one (``SAGEMAKER_BIND_TO_PORT``, ``SAGEMAKER_PROGRAM``,
+``SAGEMAKER_MAX_PAYLOAD_IN_MB``, ...). ``docs/configuration.md`` is written from these fields
+(``python -m serving.settings --markdown``), so the docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the variable and what it accepts."""
+
+
+def _knob(env: str, default: Any, doc: str, *, choices: tuple[str, ...] | None = None,
+          minimum: float | None = None, maximum: float | None = None) -> Any:
+    return field(default=default, metadata={
+        "env": env, "doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum,
+    })
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- model location -------------------------------------------------------------------
+    model_dir: str | None = _knob(
+        "MODEL_DIR", None,
+        "Where the model is: a local directory, an s3://bucket/prefix (a folder or a .tar.gz), "
+        "or unset. Unset means /opt/ml/model when it exists (SageMaker mounts model.tar.gz "
+        "there), else the hub id in HF_MODEL_ID.")
+    model_id: str = _knob(
+        "HF_MODEL_ID", "google/flan-t5-base",
+        "Hugging Face Hub id served when no model directory is given. Needs network access; "
+        "offline, point MODEL_DIR at a local model (python -m serving.devmodel makes one).")
+    base_model_dir: str | None = _knob(
+        "BASE_MODEL_DIR", None,
+        "For an adapter-only model dir: the local base model to merge it into, overriding "
+        "the base named in adapter_config.json.")
+    base_model_id: str | None = _knob(
+        "BASE_MODEL_ID", None,
+        "For an adapter-only model dir: a hub id for the base (used when BASE_MODEL_DIR is unset).")
+    model_cache_dir: str = _knob(
+        "MODEL_CACHE_DIR", "/tmp/t5serving-models",
+        "Where s3:// models are downloaded and unpacked. Must be writable (an emptyDir on "
+        "Kubernetes with a read-only root filesystem).")
+
+    # --- user script (SageMaker hooks) --------------------------------------------------
+    program: str = _knob(
+        "SAGEMAKER_PROGRAM", "inference.py",
+        "The handler script, looked up in <model dir>/code/. Missing there, the image's own "
+        "code/inference.py serves. Hooks the script does not define fall back to defaults.")
+
+    # --- HTTP -------------------------------------------------------------------------
+    host: str = _knob(
+        "HOST", "127.0.0.1",
+        "Interface to bind. The image sets 0.0.0.0 because SageMaker and Kubernetes connect "
+        "from outside the container; on a workstation loopback is the safe default.")
+    port: int = _knob(
+        "SAGEMAKER_BIND_TO_PORT", 8080, "Port to bind; SageMaker sends traffic to 8080.",
+        minimum=1, maximum=65535)
+    max_payload_mb: float = _knob(
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6.0,
+        "Largest request body accepted (413 above it). 6 MB is SageMaker's own limit for "
+        "real-time endpoints; raising it only helps behind another front end.",
+        minimum=0.001, maximum=100)
+    max_items_per_request: int = _knob(
+        "MAX_ITEMS_PER_REQUEST", 32,
+        "Most dialogues in one request (400 above it). A huge request can occupy whole batches "
+        "and starve other clients; split it instead.", minimum=1)
+    max_input_tokens: int = _knob(
+        "MAX_INPUT_TOKENS", 512,
+        "Longest dialogue accepted, in model tokens (400 above it). FLAN-T5 was trained on "
+        "512; longer inputs cost quadratic attention time and pad every batch they join.",
+        minimum=1)
+
+    # --- dynamic batching -------------------------------------------------------------
+    max_batch_size: int = _knob(
+        "MAX_BATCH_SIZE", 16,
+        "Most items in one generate call. Larger batches raise throughput until the device "
+        "saturates (about 16 on a 2-core CPU for FLAN-T5-base) but every item in a batch "
+        "waits for the slowest one. 1 disables batching.", minimum=1)
+    max_batch_tokens: int = _knob(
+        "MAX_BATCH_TOKENS", 8192,
+        "Budget for one batch in PADDED input tokens (items x longest input). Bounds memory and "
+        "the latency of a batch of long inputs; a single item over the budget still runs alone.",
+        minimum=1)
+    max_batch_delay_ms: float = _knob(
+        "MAX_BATCH_DELAY_MS", 20.0,
+        "How long the oldest queued item may wait for companions before its batch is sent "
+        "anyway. Higher fills batches at low load at the cost of that much added latency; "
+        "under load batches fill while the model is busy and this wait rarely applies.",
+        minimum=0, maximum=10_000)
+    max_queue_size: int = _knob(
+        "MAX_QUEUE_SIZE", 256,
+        "Most items waiting for the model. Beyond it requests get 503 with Retry-After at once "
+        "instead of timing out later: the bound is what turns overload into backpressure.",
+        minimum=1)
+    request_timeout_s: float = _knob(
+        "REQUEST_TIMEOUT_S", 55.0,
+        "Deadline per request, from arrival. Work still queued at its deadline is dropped "
+        "before compute (504). Keep it under SageMaker's 60 s invocation timeout so the "
+        "client sees our error, not the platform's.", minimum=0.001)
+
+    # --- model runtime ----------------------------------------------------------------
+    engine: str = _knob(
+        "ENGINE", "torch", "Inference engine behind the batcher.", choices=("torch",))
+    device: str = _knob(
+        "DEVICE", "auto", "auto picks CUDA when present, else CPU.", choices=("auto", "cpu", "cuda"))
+    dtype: str = _knob(
+        "TORCH_DTYPE", "auto",
+        "auto is float32 on CPU (bf16 is 3-4x slower on CPUs without AVX-512 BF16) and "
+        "bfloat16 on GPU.", choices=("auto", "float32", "bfloat16", "float16"))
+    warmup: bool = _knob(
+        "WARMUP", True,
+        "Run one short generate before reporting ready, so the first real request does not "
+        "pay for lazy initialisation and /ping proves the model can generate.")
+
+    # --- lifecycle --------------------------------------------------------------------
+    graceful_shutdown_s: float = _knob(
+        "GRACEFUL_SHUTDOWN_S", 30.0,
+        "After SIGTERM: how long in-flight requests may take to finish before the server "
+        "exits anyway. Keep it below Kubernetes' terminationGracePeriodSeconds minus preStop.",
+        minimum=0)
+    liveness_stall_s: float = _knob(
+        "LIVENESS_STALL_S", 300.0,
+        "/health/live fails when one batch has been computing longer than this: a hung "
+        "device is worth a restart, a slow batch is not. Set well above your worst batch.",
+        minimum=1)
+    log_level: str = _knob(
+        "LOG_LEVEL", "info", "Log level.", choices=("debug", "info", "warning", "error"))
+
+    # ----------------------------------------------------------------------------------
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
+
+    def resolved_model_location(self) -> str:
+        """The model to serve: MODEL_DIR, else /opt/ml/model if present, else the hub id."""
+        if self.model_dir:
+            return self.model_dir
+        if Path(SAGEMAKER_MODEL_DIR).is_dir() and any(Path(SAGEMAKER_MODEL_DIR).iterdir()):
+            return SAGEMAKER_MODEL_DIR
+        return self.model_id
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def public_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def knobs() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(Settings))
+
+
+ENV_NAMES: frozenset[str] = frozenset(f.metadata["env"] for f in dataclasses.fields(Settings))
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    env = f.metadata["env"]
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    raw = raw.strip()
+    try:
+        if kind.startswith("bool"):
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind.startswith("int"):
+            value: Any = int(raw)
+        elif kind.startswith("float"):
+            value = float(raw)
+        else:
+            value = raw or None if "None" in kind else raw
+    except ValueError:
+        expected = "true or false" if kind.startswith("bool") else f"a {kind.split()[0]}"
+        raise SettingsError(f"{env}={raw!r} is not valid: expected {expected}") from None
+    choices = f.metadata["choices"]
+    if choices and value not in choices:
+        raise SettingsError(f"{env}={raw!r} is not valid: choose one of {', '.join(choices)}")
+    lo, hi = f.metadata["minimum"], f.metadata["maximum"]
+    if lo is not None and value < lo:
+        raise SettingsError(f"{env}={raw!r} is not valid: must be >= {lo}")
+    if hi is not None and value > hi:
+        raise SettingsError(f"{env}={raw!r} is not valid: must be <= {hi}")
+    return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, then explicit overrides (e.g. CLI flags)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = environ.get(f.metadata["env"])
+        if raw is not None and raw != "":
+            values[f.name] = _parse(f, raw)
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = value
+    return Settings(**values)
+
+
+def markdown_table() -> str:
+    lines = ["| variable | default | what it trades |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not None else "(unset)"
+        doc = f.metadata["doc"]
+        if f.metadata["choices"]:
+            doc += f" One of: {', '.join(f.metadata['choices'])}."
+        lines.append(f"| `{f.metadata['env']}` | `{default}` | {doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if "--markdown" in sys.argv:
+        print(markdown_table())
+    else:
+        for key, value in load_settings().public_dict().items():
+            print(f"{key}={value}")
