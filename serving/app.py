@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving import __version__
 from serving.batcher import (Batcher, ClientGoneError, DeadlineExceededError, DrainingError,
                              QueueFullError)
-from serving.engine import Engine, ScriptEngine
+from serving.engine import Engine, create_engine
 from serving.errors import ServingError, client_error_from, error_response
 from serving.handlers import Handlers, load_handlers
 from serving.metrics import Metrics
@@ -76,7 +76,7 @@ class Runtime:
         if self.handlers is None:
             self.handlers = load_handlers(location, self.settings.program)
         if self.engine is None:
-            self.engine = ScriptEngine(self.handlers, location)
+            self.engine = create_engine(self.settings.engine, self.handlers, location, self.settings)
         info = self.engine.load()
         if self.settings.warmup:
             items = self.handlers.input_fn(WARMUP_BODY, "application/json")

@@ -65,3 +65,10 @@ class ScriptEngine:
 
     def generate(self, items: list[Item]) -> list[Prediction | BaseException]:
         return list(self.handlers.predict_fn(items, self.model))
+
+
+def create_engine(engine_name: str, handlers: Handlers, model_dir: str, settings: Any = None) -> Engine:
+    """The engine named by ENGINE. New engines register here."""
+    if engine_name == "torch":
+        return ScriptEngine(handlers, model_dir)
+    raise ValueError(f"unknown engine {engine_name!r}")
