@@ -132,7 +132,7 @@ def _item(text: Any, parameters: Any, where: str) -> dict[str, Any]:
 def _items_from_object(obj: Any, where: str) -> list[dict[str, Any]]:
     if not isinstance(obj, dict):
         raise InputError(f'{where}: expected a JSON object like {{"inputs": "...", "parameters": {{}}}}')
-    unknown = sorted(set(obj) - {"inputs", "dialogue", "parameters"})
+    unknown = sorted(set(obj) - {"inputs", "dialogue", "parameters", "adapter"})
     if unknown:
         raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; send \"inputs\" and optional \"parameters\"")
     text = obj.get("inputs", obj.get("dialogue"))
@@ -141,8 +141,15 @@ def _items_from_object(obj: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(text, list):
         if not text:
             raise InputError(f'{where}: "inputs" is an empty list')
-        return [_item(t, obj.get("parameters"), f"{where} inputs[{i}]") for i, t in enumerate(text)]
-    return [_item(text, obj.get("parameters"), where)]
+        items = [_item(t, obj.get("parameters"), f"{where} inputs[{i}]") for i, t in enumerate(text)]
+    else:
+        items = [_item(text, obj.get("parameters"), where)]
+    if obj.get("adapter") is not None:  # multi-adapter servers: which LoRA adapter serves it
+        if not isinstance(obj["adapter"], str) or not obj["adapter"]:
+            raise InputError(f'{where}: "adapter" must be a non-empty string (a loaded adapter\'s name)')
+        for item in items:
+            item["adapter"] = obj["adapter"]
+    return items
 
 
 def input_fn(body: bytes | str, content_type: str = JSON) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import __version__
+from serving.adapters import adapters_info, pin_request_adapters, track_adapter_work
 from serving.batcher import (Batcher, ClientGoneError, DeadlineExceededError, DrainingError,
                              QueueFullError)
 from serving.engine import Engine, create_engine
@@ -29,6 +30,7 @@ from serving.errors import ServingError, client_error_from, error_response
 from serving.handlers import Handlers, load_handlers
 from serving.metrics import Metrics
 from serving.model_source import resolve_model_location
+from serving.multi_model import install_multi_model
 from serving.settings import Settings
 
 logger = logging.getLogger("t5serving.app")
@@ -106,6 +108,9 @@ class Runtime:
         self.batcher = Batcher(self.engine, self.metrics, max_batch_size=s.max_batch_size,
                                max_batch_tokens=s.max_batch_tokens, max_batch_delay_ms=s.max_batch_delay_ms,
                                max_queue_size=s.max_queue_size)
+        attach = getattr(self.engine, "attach_batcher", None)  # multi-adapter engine: metrics, grouping
+        if attach is not None:
+            attach(self.batcher)
         self.batcher.start()
         if self.state.status == "loading":
             self.state.status = "ready"
@@ -187,6 +192,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
+    install_multi_model(app, runtime)  # /models routes, only in multi-adapter mode
 
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
@@ -268,6 +274,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
                          "request_timeout_s": s.request_timeout_s},
             "limits": {"max_payload_mb": s.max_payload_mb, "max_items_per_request": s.max_items_per_request,
                        "max_input_tokens": s.max_input_tokens},
+            "adapters": adapters_info(runtime),
         }, headers={"Cache-Control": "no-store"})
 
     @app.post("/invocations")
@@ -318,6 +325,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             raise ServingError(400, "too_many_inputs",
                                f"{len(items)} dialogues in one request; the limit is "
                                f"{settings.max_items_per_request} (MAX_ITEMS_PER_REQUEST): split the request")
+        pin_request_adapters(runtime, items, request.headers)  # 404/400 before queueing; no-op single-model
         tokens = runtime.engine.count_tokens([item["inputs"] for item in items])
         for index, n in enumerate(tokens):
             if n > settings.max_input_tokens:
@@ -333,6 +341,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
                                headers={"Retry-After": "1"}) from None
         except DrainingError:
             raise _not_ready() from None
+        track_adapter_work(runtime, work)  # an unload waits for these items
         log.update(items=len(items), input_tokens=sum(tokens))
 
         gathered = asyncio.gather(*(w.future for w in work))

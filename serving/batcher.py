@@ -86,6 +86,8 @@ class Batcher:
         self._accepting = True
         self.busy_since: float | None = None
         self.batches_run = 0
+        # How items are grouped into batches; the multi-adapter engine extends it (full models apart).
+        self.group_key = parameters_key
 
     # -- public API used by the HTTP layer ----------------------------------------------------
     @property
@@ -104,7 +106,7 @@ class Batcher:
         if len(self._pending) + len(items) > self.max_queue_size:
             raise QueueFullError(f"{len(self._pending)} items are queued (limit {self.max_queue_size})")
         loop = asyncio.get_running_loop()
-        work = [WorkItem(item=item, tokens=n, group=parameters_key(item), deadline=deadline,
+        work = [WorkItem(item=item, tokens=n, group=self.group_key(item), deadline=deadline,
                          request_id=request_id, future=loop.create_future())
                 for item, n in zip(items, tokens, strict=True)]
         self._pending.extend(work)

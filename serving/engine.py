@@ -69,6 +69,10 @@ class ScriptEngine:
 
 def create_engine(engine_name: str, handlers: Handlers, model_dir: str, settings: Any = None) -> Engine:
     """The engine named by ENGINE. New engines register here."""
+    if engine_name == "torch" and getattr(settings, "multi_adapter_enabled", False):
+        from serving.multi_adapter_engine import MultiAdapterEngine
+
+        return MultiAdapterEngine(handlers, model_dir, settings)
     if engine_name == "torch":
         return ScriptEngine(handlers, model_dir)
     raise ValueError(f"unknown engine {engine_name!r}")

@@ -141,6 +141,51 @@ class Settings:
     log_level: str = _knob(
         "LOG_LEVEL", "info", "Log level.", choices=("debug", "info", "warning", "error"))
 
+    # --- many adapters on one base (docs/adapters.md) ---------------------------------
+    multi_adapter: bool = _knob(
+        "MULTI_ADAPTER", False,
+        "Serve many LoRA adapters on one shared base, chosen per request, mixed in one batch; "
+        "adds the /models routes. Off: a single adapter is merged at load (fastest for one "
+        "adapter). Implied by SAGEMAKER_MULTI_MODEL=true or ADAPTERS_DIR.")
+    sagemaker_multi_model: bool = _knob(
+        "SAGEMAKER_MULTI_MODEL", False,
+        "SageMaker multi-model endpoint mode: SageMaker loads and unloads adapters with the "
+        "/models routes and, when memory is short, gets 507 and unloads one itself (the "
+        "server then never evicts on its own).")
+    adapters_dir: str | None = _knob(
+        "ADAPTERS_DIR", None,
+        "Adapters to load at start: a local directory or s3://bucket/prefix whose every "
+        "subdirectory is one adapter, served under the subdirectory's name. More adapters "
+        "than MAX_ADAPTERS: the rest are skipped with a warning.")
+    max_adapters: int = _knob(
+        "MAX_ADAPTERS", 32,
+        "Most adapters (and extra full models) resident at once. Each costs memory (a few MB "
+        "for r=8 on FLAN-T5-base) and a little compute in every batch that uses it; also "
+        "bounds the adapter label on metrics.", minimum=1, maximum=1024)
+    adapter_memory_mb: float = _knob(
+        "ADAPTER_MEMORY_MB", 4096.0,
+        "Memory budget for resident adapters and extra full models together. A load over it "
+        "evicts the least recently used idle adapter (Kubernetes) or answers 507 (SageMaker "
+        "MME, which then unloads one).", minimum=1)
+    adapter_eviction: str = _knob(
+        "ADAPTER_EVICTION", "auto",
+        "What a load over MAX_ADAPTERS or ADAPTER_MEMORY_MB does: lru evicts the least recently "
+        "used idle adapter, refuse answers 507. auto is refuse under SAGEMAKER_MULTI_MODEL "
+        "(SageMaker tracks what is loaded) and lru otherwise.", choices=("auto", "lru", "refuse"))
+    adapter_batching: str = _knob(
+        "ADAPTER_BATCHING", "mixed",
+        "mixed lets requests for different adapters share one batch and one forward pass; "
+        "grouped batches each adapter separately (smaller batches, more generate calls: only "
+        "for comparison or debugging).", choices=("mixed", "grouped"))
+    default_adapter: str = _knob(
+        "DEFAULT_ADAPTER", "__base__",
+        "Adapter for requests that name none. __base__ is the base model without any adapter.")
+    adapter_unload_timeout_s: float = _knob(
+        "ADAPTER_UNLOAD_TIMEOUT_S", 30.0,
+        "An unload waits this long for requests already queued for the adapter to finish; "
+        "any still queued after it fail with 404 adapter_unloaded (never another adapter's "
+        "answer). Longer is gentler to clients, shorter frees memory sooner.", minimum=0)
+
     # ----------------------------------------------------------------------------------
     @property
     def max_payload_bytes(self) -> int:
@@ -153,6 +198,10 @@ class Settings:
         if Path(SAGEMAKER_MODEL_DIR).is_dir() and any(Path(SAGEMAKER_MODEL_DIR).iterdir()):
             return SAGEMAKER_MODEL_DIR
         return self.model_id
+
+    @property
+    def multi_adapter_enabled(self) -> bool:
+        return bool(self.multi_adapter or self.sagemaker_multi_model or self.adapters_dir)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
