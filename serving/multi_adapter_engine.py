@@ -49,6 +49,7 @@ _UNSUPPORTED = {
     "target_parameters": "adapters on raw parameters (target_parameters)",
     "alora_invocation_tokens": "activated LoRA (aLoRA)",
     "layer_replication": "adapters with layer replication",
+    "lora_bias": "adapters with a bias on lora_B",
 }
 
 
@@ -78,6 +79,59 @@ class _AdapterRows:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._peft, name)
+
+
+def _stacked_mixed_forward(self: Any, x: torch.Tensor, *args: Any, adapter_names: list[str],
+                           **kwargs: Any) -> torch.Tensor:
+    """peft's mixed-batch LoRA, batched: one bmm pair per layer whatever the number of adapters.
+
+    peft loops over the adapters in the batch (gather rows, two small matmuls, scatter back, per
+    adapter, per layer, per decoding step); on a CPU that is dozens of tiny ops per layer, each
+    paying thread-pool overhead. Here each row's A and B (scaled, zero-padded to the batch's
+    largest rank; zeros for __base__ and for adapters not on this layer) are stacked once per
+    batch composition and reused for every decoding step, so a step costs the base layer plus
+    ``bmm(bmm(x, A), B)``. The arithmetic is the same as peft's up to float rounding order.
+    """
+    if x.dim() != 3 or x.shape[0] != len(adapter_names) or any(v is not None for v in kwargs.values()):
+        return type(self)._mixed_batch_forward(self, x, *args, adapter_names=adapter_names, **kwargs)
+    result = self.base_layer(x, *args)
+    key = tuple(adapter_names)
+    cached = self.__dict__.get("_t5s_stack")
+    if cached is None or cached[0] != key:
+        present = sorted({name for name in key if name in self.lora_A})
+        stack = None
+        if present:
+            rank = max(self.r[name] for name in present)
+            weight = self.lora_A[present[0]].weight
+            a = weight.new_zeros(len(key), self.in_features, rank)
+            b = weight.new_zeros(len(key), rank, self.out_features)
+            for name in present:
+                rows = torch.tensor([i for i, k in enumerate(key) if k == name])
+                r = self.r[name]
+                a[rows, :, :r] = self.lora_A[name].weight.t()
+                b[rows, :r, :] = (self.lora_B[name].weight * self.scaling[name]).t()
+            stack = (a, b)
+        cached = (key, stack)
+        self.__dict__["_t5s_stack"] = cached  # one composition per layer: memory stays bounded
+    stack = cached[1]
+    if stack is None:
+        return result
+    a, b = stack
+    update = torch.bmm(torch.bmm(x.to(a.dtype), a), b)
+    return result + update.to(result.dtype)
+
+
+def _install_stacked_forward(model: Any) -> None:
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    for module in model.modules():
+        if isinstance(module, LoraLinear) and "_mixed_batch_forward" not in module.__dict__:
+            module.__dict__["_mixed_batch_forward"] = _stacked_mixed_forward.__get__(module)
+
+
+def _drop_stacks(model: Any) -> None:
+    for module in model.modules():
+        module.__dict__.pop("_t5s_stack", None)
 
 
 class MultiAdapterEngine(ScriptEngine):
@@ -145,6 +199,7 @@ class MultiAdapterEngine(ScriptEngine):
         idle = LoraConfig(r=1, lora_alpha=1, target_modules=[leaf], lora_dropout=0.0, init_lora_weights=True)
         self.peft = PeftModel(network, idle, adapter_name=IDLE)
         self.peft.eval()
+        _install_stacked_forward(self.peft)
         self.model = {**model, "model": self.peft}
         self._count_model = {**self.model, "tokenizer": copy.deepcopy(model["tokenizer"])}
         for name, url in preload:
@@ -283,6 +338,8 @@ class MultiAdapterEngine(ScriptEngine):
                     raise
                 raise AdapterError(400, "incompatible_adapter", f"the adapter does not fit the base: {exc}") from None
             self.peft.eval()
+            _install_stacked_forward(self.peft)
+            _drop_stacks(self.peft)
             self._installed.add(internal)
         return None
 
@@ -301,6 +358,7 @@ class MultiAdapterEngine(ScriptEngine):
                 self._models.pop(internal, None)
             else:
                 self._delete(internal)
+                _drop_stacks(self.peft)  # release the removed adapter's stacked copies
 
     # -- serving -------------------------------------------------------------------------------
     def generate(self, items: list[Item]) -> list[Prediction | BaseException]:

@@ -1,0 +1,118 @@
+"""Shared by tests/test_adapters.py and tests/test_multi_model.py: a tiny base with several LoRA
+adapters (different random weights), broken adapters, merged-model references, an in-process app."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+TEXTS = [
+    "#Person1#: Did you finish the quarterly report? #Person2#: Almost, I need the sales figures.",
+    "#Person1#: Excuse me, how do I get to the railway station? #Person2#: Go straight two blocks.",
+    "#Person1#: We should plan the trip to the mountains. #Person2#: Good idea, I will book a cabin.",
+    "#Person1#: Why was the delivery late again? #Person2#: The truck broke down near the bridge.",
+]
+PARAMS = {"max_new_tokens": 12}
+
+
+@dataclass
+class AdapterSet:
+    base: Path
+    adapters: dict[str, Path]      # good ones: a1, a2, a3 (seeds 1, 2, 3), k (k,o at r=4)
+    adapters_dir: Path             # a1, a2, a3 as subdirectories (ADAPTERS_DIR)
+    bad: dict[str, Path]           # broken in one way each
+
+
+def build_adapter_set(root: Path) -> AdapterSet:
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForSeq2SeqLM
+
+    from serving.devmodel import make_dev_model, write_adapter
+
+    base = make_dev_model(root / "base", shape="tiny")
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(base))
+    adapters = {f"a{i}": write_adapter(model, base, root / "adapters" / f"a{i}", seed=i) for i in (1, 2, 3)}
+    adapters["k"] = write_adapter(model, base, root / "other" / "k", seed=9, r=4, target_modules=("k", "o"))
+    bad_root = root / "bad"
+    bad: dict[str, Path] = {}
+
+    def clone(name: str) -> Path:
+        target = bad_root / name
+        shutil.copytree(adapters["a1"], target)
+        return target
+
+    def edit_config(path: Path, **changes) -> None:
+        config = json.loads((path / "adapter_config.json").read_text())
+        config.update(changes)
+        (path / "adapter_config.json").write_text(json.dumps(config))
+
+    edit_config(bad.setdefault("wrong_rank", clone("wrong_rank")), r=4)
+    edit_config(bad.setdefault("wrong_targets", clone("wrong_targets")), target_modules=["nonexistent"])
+    edit_config(bad.setdefault("extra_targets", clone("extra_targets")), target_modules=["q", "v", "k"])
+    bad["corrupt_weights"] = clone("corrupt_weights")
+    weights = bad["corrupt_weights"] / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    bad["corrupt_config"] = clone("corrupt_config")
+    (bad["corrupt_config"] / "adapter_config.json").write_text("{not json")
+    # Trained on a wider base: every lora_A has 2x the base's input width.
+    bad["other_base"] = clone("other_base")
+    state = load_file(str(bad["other_base"] / "adapter_model.safetensors"))
+    state = {k: (torch.randn(v.shape[0], v.shape[1] * 2) if "lora_A" in k else torch.randn(v.shape[0] * 2, v.shape[1]))
+             for k, v in state.items()}
+    save_file(state, str(bad["other_base"] / "adapter_model.safetensors"))
+    bad["not_lora"] = clone("not_lora")
+    edit_config(bad["not_lora"], peft_type="PREFIX_TUNING")
+    return AdapterSet(base=base, adapters=adapters, adapters_dir=root / "adapters", bad=bad)
+
+
+def tarball(directory: Path, out: Path) -> Path:
+    """SageMaker's packaging: model.tar.gz with the files at its root."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out, "w:gz") as tar:
+        for path in sorted(directory.iterdir()):
+            tar.add(path, arcname=path.name)
+    return out
+
+
+def merged_references(adapter_set: AdapterSet, texts: list[str] = TEXTS, params: dict | None = None) -> dict:
+    """{adapter or '__base__': [summary per text]} from the single-model path: each adapter merged
+    into its own copy of the base by code/inference.py's model_fn, alone in its generate."""
+    from serving.handlers import load_handlers
+
+    handlers = load_handlers(None)
+    params = params or PARAMS
+    refs: dict[str, list[str]] = {}
+    for name, directory in [("__base__", adapter_set.base), *adapter_set.adapters.items()]:
+        model = handlers.model_fn(str(directory))
+        items = handlers.input_fn(json.dumps({"inputs": texts, "parameters": params}).encode(), "application/json")
+        refs[name] = [handlers.predict_fn([item], model)[0]["summary"] for item in items]
+    return refs
+
+
+@contextlib.contextmanager
+def app_client(**overrides) -> Iterator:
+    """An in-process server (TestClient, lifespan on) that is ready when yielded."""
+    from starlette.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import load_settings
+
+    overrides.setdefault("max_batch_delay_ms", 50.0)
+    settings = load_settings({}, **overrides)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ping").status_code != 200:
+            body = client.get("/ping").json()
+            if body.get("status") == "failed" or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not become ready: {body}")
+            time.sleep(0.05)
+        yield client
