@@ -102,6 +102,11 @@ class Settings:
         "anyway. Higher fills batches at low load at the cost of that much added latency; "
         "under load batches fill while the model is busy and this wait rarely applies.",
         minimum=0, maximum=10_000)
+    length_aware_batching: bool = _knob(
+        "LENGTH_AWARE_BATCHING", True,
+        "Build each batch from the queued items nearest in length to the oldest one. Off, a "
+        "batch takes items in arrival order: simpler to reason about, but a mix of short and long "
+        "dialogues pads every short one to the longest (up to 2x the compute).")
     max_queue_size: int = _knob(
         "MAX_QUEUE_SIZE", 256,
         "Most items waiting for the model. Beyond it requests get 503 with Retry-After at once "
