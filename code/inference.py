@@ -281,6 +281,9 @@ def model_fn(model_dir: str) -> dict[str, Any]:
         model = _from_pretrained(AutoModelForSeq2SeqLM, location, dtype=dtype)
         tokenizer = _from_pretrained(AutoTokenizer, location)
         info.update(model=location, base_model=location, adapter="", adapter_sha256="")
+    # serving.devmodel marks its random models; the demo page and /info then say that output
+    # text is meaningless.
+    info["dev_model"] = any((Path(p) / "DEV_MODEL.txt").is_file() for p in (directory, info["base_model"]))
     model.to(device)
     model.eval()
     info["parameters"] = sum(p.numel() for p in model.parameters())

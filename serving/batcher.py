@@ -87,6 +87,7 @@ class Batcher:
         self._accepting = True
         self.busy_since: float | None = None
         self.batches_run = 0
+        self.items_run = 0
 
     # -- public API used by the HTTP layer ----------------------------------------------------
     @property
@@ -261,6 +262,7 @@ class Batcher:
             self.busy_since = None
         compute = time.monotonic() - start
         self.batches_run += 1
+        self.items_run += len(batch)
         outputs = [r.get("output_tokens", 0) for r in results if isinstance(r, dict)]
         self.metrics.observe_batch(
             size=len(batch), real_tokens=sum(w.tokens for w in batch), padded_tokens=self._padded(batch),

@@ -141,6 +141,11 @@ class Settings:
         "Run one short generate before reporting ready, so the first real request does not "
         "pay for lazy initialisation and /ping proves the model can generate.")
 
+    demo_page: bool = _knob(
+        "DEMO_PAGE", True,
+        "Serve the demo page at / (a form that calls /invocations, plus live stats). Turn it off "
+        "in production: it is harmless, but an endpoint should expose only what it needs.")
+
     # --- lifecycle --------------------------------------------------------------------
     graceful_shutdown_s: float = _knob(
         "GRACEFUL_SHUTDOWN_S", 30.0,
