@@ -130,11 +130,11 @@ def _item(text: Any, parameters: Any, where: str) -> dict[str, Any]:
     return {"inputs": text, "parameters": validate_parameters(parameters)}
 
 
-def _items_from_object(obj: Any, where: str) -> list[dict[str, Any]]:
+def _items_from_object(obj: Any, where: str, strict: bool = True) -> list[dict[str, Any]]:
     if not isinstance(obj, dict):
         raise InputError(f'{where}: expected a JSON object like {{"inputs": "...", "parameters": {{}}}}')
     unknown = sorted(set(obj) - {"inputs", "dialogue", "parameters"})
-    if unknown:
+    if unknown and strict:
         raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; send \"inputs\" and optional \"parameters\"")
     text = obj.get("inputs", obj.get("dialogue"))
     if text is None:
@@ -167,7 +167,9 @@ def input_fn(body: bytes | str, content_type: str = JSON) -> list[dict[str, Any]
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"line {number} is not valid JSON: {exc.msg}") from None
-            items.extend(_items_from_object(obj, f"line {number}"))
+            # Records in JSON lines files (batch transform, DialogSum exports) carry metadata
+            # such as "summary" or "fname": ignored there, refused in a single JSON request.
+            items.extend(_items_from_object(obj, f"line {number}", strict=False))
         return items
     if media == TEXT:
         return [_item(text, None, "body")]

@@ -303,8 +303,21 @@ def describe(settings: Settings, sources: Mapping[str, str]) -> str:
     return "\n".join(f"{env:<{width[0]}}  {value:<{width[1]}}  ({source})" for env, value, source in rows)
 
 
+DOC_HEADER = """# Configuration
+
+Generated from `serving/settings.py` by `make docs`; a test fails when this file is stale.
+
+Precedence: default < config file (`serve --config FILE` or `SERVING_CONFIG`, YAML keyed by field
+name or variable) < environment < command-line flags. `serve --print-config` prints the effective
+values and their sources. The server exports every value to its environment before loading the
+model script, which reads `DEVICE`, `TORCH_DTYPE`, `MAX_INPUT_TOKENS`, `BASE_MODEL_DIR` /
+`BASE_MODEL_ID` and the generation limits from there (as it must under AWS's toolkit too).
+
+"""
+
+
 def markdown_table() -> str:
-    lines = ["| variable | default | what it trades |", "|---|---|---|"]
+    lines = [DOC_HEADER + "| variable | default | what it trades |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
         default = f.default if f.default is not None else "(unset)"
         doc = f.metadata["doc"]

@@ -112,7 +112,7 @@ def test_validate_parameters_rejects(raw, needle):
 
 def test_input_fn_formats():
     assert inference.input_fn(b'{"inputs": "a"}', "application/json")[0]["inputs"] == "a"
-    lines = b'{"dialogue": "a"}\n\n{"inputs": ["b", "c"], "parameters": {"num_beams": 2}}\n'
+    lines = b'{"dialogue": "a", "summary": "x", "fname": "dev_1"}\n\n{"inputs": ["b", "c"], "parameters": {"num_beams": 2}}\n'
     items = inference.input_fn(lines, "application/jsonlines")
     assert [i["inputs"] for i in items] == ["a", "b", "c"] and items[2]["parameters"]["num_beams"] == 2
     assert inference.input_fn("plain dialogue", "text/plain")[0]["inputs"] == "plain dialogue"
