@@ -211,18 +211,44 @@ def _pick_dtype(device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[wanted]
 
 
+def _hub_unreachable(location: str) -> str | None:
+    """Why the hub cannot be reached, found in seconds, or None when it may be.
+
+    Without this, transformers retries for about a minute before failing on a machine with no
+    network. Skipped offline (the cache may hold the model) and behind a proxy."""
+    if Path(location).exists() or os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HTTPS_PROXY") \
+            or os.environ.get("https_proxy"):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        return f"{host}:443 is unreachable ({exc})"
+    return None
+
+
+def _offline_error(location: str, reason: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load {location!r} from the Hugging Face Hub ({reason}). If this machine has no "
+        "network access, serve a local model instead: MODEL_DIR=/path/to/model (a "
+        "save_pretrained dir or a LoRA adapter dir), or make a random test model with "
+        "`python -m serving.devmodel models/tiny --shape tiny --adapter`.")
+
+
 def _from_pretrained(loader, location: str, **kwargs):
+    unreachable = _hub_unreachable(location)
+    if unreachable:
+        raise _offline_error(location, unreachable)
     try:
         return loader.from_pretrained(location, **kwargs)
     except OSError as exc:
         if Path(location).exists():
             raise ModelLoadError(f"could not load {location!r}: {exc}") from exc
-        raise ModelLoadError(
-            f"could not load {location!r} from the Hugging Face Hub ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). If this machine has no "
-            "network access, serve a local model instead: MODEL_DIR=/path/to/model (a "
-            "save_pretrained dir or a LoRA adapter dir), or make a random test model with "
-            "`python -m serving.devmodel models/tiny --shape tiny --adapter`.") from exc
+        raise _offline_error(location, f"{exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}") from exc
 
 
 def _weights_sha256(directory: Path) -> str:

@@ -129,3 +129,12 @@ def test_output_fn_formats():
     assert [json.loads(line)["summary"] for line in lines] == ["one", "two"]
     with pytest.raises(inference.UnsupportedAcceptError):
         inference.output_fn(predictions, "text/html")
+
+
+def test_unreachable_hub_fails_fast_without_retrying(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")  # loopback port nobody serves
+    with pytest.raises(inference.ModelLoadError, match="127.0.0.1:443 is unreachable"):
+        inference.model_fn("google/flan-t5-base")
