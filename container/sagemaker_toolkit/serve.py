@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_HANDLER = "sagemaker_toolkit.handler_service"
 STOCK_HANDLER = "sagemaker_inference.default_handler_service"
 MMS_NAMESPACE = "com.amazonaws.ml.mms.ModelServer"
+MMS_MAX_PORT = 32767
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +53,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f"MMS handler-service module (default {DEFAULT_HANDLER}; the toolkit's "
                              f"own is {STOCK_HANDLER}: it answers bad input with 500)")
     args = parser.parse_args(argv)
+    if not 0 < args.port < MMS_MAX_PORT:
+        # MMS's Connector rejects ports >= 32767 ("Invalid port number"), which excludes Linux's
+        # whole ephemeral range (32768-60999): a port picked by binding to 0 will not work.
+        parser.error(f"--port must be between 1 and {MMS_MAX_PORT - 1} (a multi-model-server limit)")
     if not (args.model_dir / "code" / "inference.py").is_file():
         parser.error(f"{args.model_dir}/code/inference.py not found: copy code/inference.py there "
                      "(SageMaker's layout for framework containers)")
@@ -131,6 +136,23 @@ def main(argv: list[str] | None = None) -> int:
 
     model_server._retrieve_mms_server_process = find_ours  # scope the toolkit's machine-wide scan
 
+    # The JVM is not our child (the launcher exits), so its exit status is unknown: a JVM exit
+    # without SIGTERM is a failure (e.g. "Invalid configuration") and must not exit 0.
+    terminated = []
+    add_sigterm_handler = model_server._add_sigterm_handler
+
+    def add_sigterm_handler_and_flag(mms_process: psutil.Process) -> None:
+        add_sigterm_handler(mms_process)
+        forward = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signo, frame):
+            terminated.append(signo)
+            forward(signo, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    model_server._add_sigterm_handler = add_sigterm_handler_and_flag
+
     try:
         model_server.start_model_server(handler_service=args.handler_service)
     finally:
@@ -138,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         jvms, workers = _our_processes(config_file, str(run_dir))
         _stop(jvms + workers)
+    if not terminated:
+        print(f"multi-model-server exited on its own; see the log above and {run_dir}/logs",
+              file=sys.stderr)
+        return 1
     return 0
 
 
