@@ -54,7 +54,8 @@ class UnsupportedAcceptError(InputError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Generation parameters: name -> (type, default, minimum, maximum). Ranges keep one request from
+# Generation parameters: name -> (type, default, minimum, maximum). The two limits come from the
+# environment (documented with the server's settings) so the same file works under AWS's toolkit. Ranges keep one request from
 # monopolising the model (max_new_tokens, num_beams) and reject values generate() would
 # silently misuse (temperature 0 with sampling, top_p outside (0, 1]).
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +281,9 @@ def model_fn(model_dir: str) -> dict[str, Any]:
         model = _from_pretrained(AutoModelForSeq2SeqLM, location, dtype=dtype)
         tokenizer = _from_pretrained(AutoTokenizer, location)
         info.update(model=location, base_model=location, adapter="", adapter_sha256="")
+    # serving.devmodel marks its random models; the demo page and /info then say that output
+    # text is meaningless.
+    info["dev_model"] = any((Path(p) / "DEV_MODEL.txt").is_file() for p in (directory, info["base_model"]))
     model.to(device)
     model.eval()
     info["parameters"] = sum(p.numel() for p in model.parameters())
