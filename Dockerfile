@@ -29,10 +29,18 @@ ARG BASE_IMAGE_CPU=python:3.11-slim-bookworm
 # so the bigger "runtime"/"cudnn" flavours would only duplicate them.
 ARG BASE_IMAGE_GPU=nvidia/cuda:12.8.1-base-ubuntu24.04
 ARG BASE_IMAGE=base-${DEVICE}
+# Default container/no-model holds only a README and bakes nothing.
+ARG MODEL_DIR=container/no-model
 
 # Only the stage BASE_IMAGE names is pulled (BuildKit skips unreachable stages).
 FROM ${BASE_IMAGE_CPU} AS base-cpu
 FROM ${BASE_IMAGE_GPU} AS base-gpu
+
+# The model to bake, staged on its own: the runtime stage bind-mounts it, so the default
+# (no model) adds nothing to the image.
+FROM scratch AS bake-model
+ARG MODEL_DIR
+COPY ${MODEL_DIR}/ /model/
 
 FROM ${BASE_IMAGE} AS runtime
 ARG DEVICE=cpu
@@ -113,20 +121,21 @@ RUN --mount=type=bind,source=container/wheels,target=/tmp/wheels \
 
 # --- code layers (change with every commit; small) --------------------------------------
 WORKDIR /opt/program
-COPY pyproject.toml README.md ./
+# README* : pyproject.toml names README.md, which a trimmed checkout may lack.
+COPY pyproject.toml README* ./
 COPY serving/ serving/
 COPY code/ code/
 # Editable so the package keeps /opt/program as its root: the server falls back to the
 # image's own code/inference.py next to serving/. Bytecode precompiled because a read-only
 # root filesystem cannot write __pycache__ at run time.
-RUN pip install --no-deps --no-build-isolation --no-index -e /opt/program >/dev/null; \
+RUN [ -f README.md ] || echo '# t5-serving' > README.md; \
+    pip install --no-deps --no-build-isolation --no-index -e /opt/program >/dev/null; \
     python3 -m compileall -q /opt/program/serving /opt/program/code; \
     command -v serve; command -v train
 
 # --- optional baked model (Kubernetes without S3) ---------------------------------------
-# Default container/no-model holds only a README and bakes nothing.
-ARG MODEL_DIR=container/no-model
-RUN --mount=type=bind,source=${MODEL_DIR},target=/tmp/bake-model \
+ARG MODEL_DIR
+RUN --mount=type=bind,from=bake-model,source=/model,target=/tmp/bake-model \
     if [ -f /tmp/bake-model/config.json ] || [ -f /tmp/bake-model/adapter_config.json ]; then \
         cp -a /tmp/bake-model/. /opt/ml/model/; chown -R 1000:1000 /opt/ml/model; \
         echo "baked model from $MODEL_DIR"; \
