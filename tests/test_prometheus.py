@@ -165,18 +165,15 @@ def start_prometheus(tmp: Path, target: str) -> tuple[subprocess.Popen, Promethe
     return proc, Prometheus(port)
 
 
-def tiny_model(tmp: Path) -> Path:
-    out = tmp / "tiny"
-    proc = subprocess.run([sys.executable, "-m", "serving.devmodel", str(out), "--shape", "tiny", "--adapter"],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model(tmp_path_factory.mktemp("model"))
+def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's tiny dev model (tests/conftest.py), readable by the image's uid 1000
+    (safetensors writes 0600) for the container variant."""
+    copy = tmp_path_factory.mktemp("model") / "tiny"
+    shutil.copytree(tiny_model_dir, copy)
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return copy
 
 
 def substitute_grafana(expr: str) -> str:
