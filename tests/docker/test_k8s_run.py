@@ -285,6 +285,7 @@ def test_pod_spec_runs_under_docker_like_a_kubelet(pod_container: tuple[Pod, str
         t0 = time.monotonic()
         result["status"] = get(f"{base}/invocations", grace, SLOW_BODY)
         result["seconds"] = time.monotonic() - t0
+        result["done_at"] = time.monotonic()
 
     worker = threading.Thread(target=slow_request)
     worker.start()
@@ -294,6 +295,7 @@ def test_pod_spec_runs_under_docker_like_a_kubelet(pod_container: tuple[Pod, str
     assert _inflight(base), "the slow request never showed up as in flight"
 
     remaining = max(1, int(grace - (time.monotonic() - deleted)))
+    sigterm_at = time.monotonic()
     stopper = subprocess.Popen([cli, "stop", "-t", str(remaining), name], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     # Readiness fails at once on SIGTERM (or the listener is already closed).
@@ -311,6 +313,7 @@ def test_pod_spec_runs_under_docker_like_a_kubelet(pod_container: tuple[Pod, str
     inspect = json.loads(subprocess.run([cli, "inspect", name], capture_output=True, text=True,
                                         timeout=30).stdout)[0]["State"]
     assert result.get("status") == 200, f"in-flight request was cut: {result}\n{logs(cli, name)}"
+    assert result["done_at"] > sigterm_at, "the request finished before SIGTERM: nothing was drained"
     assert seen_unready, "readiness stayed 200 after SIGTERM"
     assert inspect["ExitCode"] == 0 and not inspect["OOMKilled"], (inspect, logs(cli, name))
     assert stopped_after < grace, "the drain needed the SIGKILL"
