@@ -3,9 +3,10 @@
 - `promtool check rules` / `promtool test rules`: every alert fires when it should and stays
   quiet when it should not (monitoring/tests/rules_test.yaml).
 - A real Prometheus (Debian's package; .ci/k8s.sh installs it) on 127.0.0.1, its own storage
-  in a tmp dir, scrapes a real `serve` of the tiny dev model on the host (and the image, when
-  Docker and T5S_IMAGE are there); PromQL through its HTTP API must return the expected series
-  after a few requests, and every alert, dashboard and adapter query must evaluate cleanly.
+  in a tmp dir, scrapes a real `serve` of the tiny dev model on the host; PromQL through its HTTP
+  API must return the expected series after a few requests, and every alert, dashboard and
+  adapter query must evaluate cleanly. The same check against the image, run from the pod spec,
+  is in tests/docker/test_k8s_run.py (it needs Docker and T5S_IMAGE).
 
 Without promtool/prometheus these tests skip, except under CI=true where they fail.
 """
@@ -264,38 +265,3 @@ def test_prometheus_scrapes_the_host_server(host_server: str, tmp_path: Path) ->
         exercise(host_server, prom)
     finally:
         stop(proc)
-
-
-# ----------------------------------------------------------------------------- image scrape
-@pytest.mark.docker
-def test_prometheus_scrapes_the_container(model_dir: Path, tmp_path: Path) -> None:
-    image = os.environ.get("T5S_IMAGE")
-    if not (os.environ.get("DOCKER_HOST") and image and shutil.which("docker")):
-        pytest.skip("needs DOCKER_HOST, T5S_IMAGE and the docker CLI (.ci/docker.sh provides them)")
-    if subprocess.run(["docker", "version"], capture_output=True, timeout=30).returncode != 0:
-        pytest.skip(f"no Docker engine answers at DOCKER_HOST={os.environ['DOCKER_HOST']}")
-    port = free_port()
-    name = f"t5s-prom-{port}"
-    # Host networking with HOST=127.0.0.1: the server is reachable on loopback only.
-    run = subprocess.run(
-        ["docker", "run", "-d", "--rm", "--name", name, "--network=host",
-         "-e", "HOST=127.0.0.1", "-e", f"SAGEMAKER_BIND_TO_PORT={port}",
-         "-e", "MODEL_DIR=/models/tiny/adapter", "-e", "BASE_MODEL_DIR=/models/tiny",
-         "-v", f"{model_dir}:/models/tiny:ro", image, "serve"],
-        capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    try:
-        server = f"http://127.0.0.1:{port}"
-        end = time.monotonic() + 180
-        while http(f"{server}/ping", timeout=2)[0] != 200:
-            if time.monotonic() > end:
-                logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
-                pytest.fail(f"container never ready:\n{logs[-3000:]}")
-            time.sleep(0.5)
-        proc, prom = start_prometheus(tmp_path, f"127.0.0.1:{port}")
-        try:
-            exercise(server, prom)
-        finally:
-            stop(proc)
-    finally:
-        subprocess.run(["docker", "stop", "-t", "10", name], capture_output=True, timeout=60)

@@ -319,6 +319,20 @@ def test_pod_spec_runs_under_docker_like_a_kubelet(pod_container: tuple[Pod, str
     assert stopped_after < grace, "the drain needed the SIGKILL"
 
 
+def test_prometheus_scrapes_the_pod_container(pod_container: tuple[Pod, str, str, int], tmp_path: Path) -> None:
+    """A real Prometheus on 127.0.0.1 scrapes the container started from the pod spec."""
+    from tests.test_prometheus import exercise, start_prometheus, stop
+
+    pod, cli, name, port = pod_container
+    ok, tries = run_probe(f"http://127.0.0.1:{port}/ping", pod.container["startupProbe"])
+    assert ok, logs(cli, name)
+    proc, prom = start_prometheus(tmp_path, f"127.0.0.1:{port}")
+    try:
+        exercise(f"http://127.0.0.1:{port}", prom)
+    finally:
+        stop(proc)
+
+
 def _inflight(base: str) -> bool:
     try:
         with urllib.request.urlopen(f"{base}/metrics", timeout=2) as resp:
