@@ -99,5 +99,8 @@ def install_multi_model(app: FastAPI, runtime: Any) -> None:
     """Mount the /models routes when multi-adapter mode is on; nothing otherwise."""
     if not runtime.settings.multi_adapter_enabled:
         return
+    if runtime.settings.engine != "torch":
+        raise ValueError(f"multi-adapter mode (MULTI_ADAPTER, SAGEMAKER_MULTI_MODEL, ADAPTERS_DIR) needs ENGINE=torch, "
+                         f"not ENGINE={runtime.settings.engine}: other engines serve one merged model")
     app.include_router(create_router(runtime))
     app.add_middleware(InvokeRewrite)

@@ -159,3 +159,12 @@ def test_drain_finishes_queued_work_then_refuses_new():
         return drained, [w.future.result()["summary"] for w in work]
 
     assert run(scenario()) == (True, ["A", "B", "C"])
+
+
+def test_arrival_order_selection_when_length_awareness_is_off():
+    async def scenario():
+        batcher = make(RecordingEngine(), max_batch_size=3, length_aware=False)
+        await submit_all(batcher, ["x" * 50, "x" * 5, "x" * 400, "x" * 48])
+        return [len(w.item["inputs"]) for w in batcher.select_batch()]
+
+    assert run(scenario()) == [50, 5, 400]

@@ -101,6 +101,10 @@ def test_poisoned_item_does_not_fail_its_batch_neighbours(scripted_model, tmp_pa
         batched = [json.loads(r.headers["x-batch-size"]) for i, r in enumerate(responses) if i != 1]
         assert max(batched) > 1, "the good items must have shared a batch with the poisoned one"
         assert post(server.url, "#Person1#: still serving?").status_code == 200
+        entries = [e for e in server.access_log() if e.get("route") == "/invocations"]
+        ok = [e for e in entries if e["status"] == 200]
+        assert ok and all({"request_id", "queue_ms", "compute_ms", "batch_size", "items"} <= set(e) for e in ok)
+        assert any(e["status"] == 500 and e.get("error") == "model_error" for e in entries)
 
 
 def test_full_queue_gives_503_with_retry_after(scripted_model, tmp_path):
