@@ -36,7 +36,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import metric_value, running_server  # noqa: E402
+from serving.launcher import metric_value, running_server, wait_for  # noqa: E402
 
 DIALOGSUM_DEV = REPO.parent.parent / "shared" / "data" / "dialogsum" / "dialogsum.dev.jsonl"
 if not DIALOGSUM_DEV.is_file():
@@ -174,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
         servers = {}
         for name, (model_dir, env, _) in configs.items():
             servers[name] = stack.enter_context(running_server(model_dir, logs, env=env, wait=False))
-        from tests.helpers import wait_for
-
         for name, server in servers.items():
             wait_for(server.url, timeout=600, process=server.process)
             run_load(server.url, texts, configs[name][2], args.concurrency, args.concurrency, 4)  # warm-up

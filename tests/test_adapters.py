@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.adapter_helpers import PARAMS, TEXTS, app_client, build_adapter_set, merged_references
-from tests.helpers import metric_value
+from serving.launcher import metric_value
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +139,12 @@ def test_hot_load_and_unload_remove_metric_labels(multi, adapter_set, refs):
     assert r.status_code == 200, r.text
     r = multi.post("/invocations", json={"inputs": TEXTS[1], "parameters": PARAMS, "adapter": "k"})
     assert r.json()["summaries"] == [refs["k"][1]]
+    # k (r=4 on k,o) mixed with a1 (r=8 on q,v) and the base: different ranks and layers in one batch.
+    rows = [{"inputs": TEXTS[i], "parameters": PARAMS, "adapter": name}
+            for i in range(len(TEXTS)) for name in ("k", "a1", "__base__")]
+    r = multi.post("/invocations", content=_jsonlines(rows), headers={"content-type": "application/jsonlines"})
+    assert r.json()["summaries"] == [refs[name][i] for i in range(len(TEXTS)) for name in ("k", "a1", "__base__")]
+    assert int(r.headers["X-Batch-Size"]) == len(rows)
     assert 'adapter="k"' in multi.get("/metrics").text
     assert multi.delete("/models/k").status_code == 200
     assert 'adapter="k"' not in multi.get("/metrics").text
