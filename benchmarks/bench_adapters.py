@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(server.url, timeout=600, process=server.process)
             run_load(server.url, texts, configs[name][2], args.concurrency, args.concurrency, 4)  # warm-up
         print(f"servers ready at {time.monotonic() - t0:.0f}s", flush=True)
+        resident = httpx.get(servers["mixed"].url + "/info").json()["adapters"]["resident"]
+        adapter_cost = {e["modelName"]: {"load_seconds": e["load_seconds"], "memory_bytes": e["memory_bytes"]}
+                        for e in resident}
         for round_ in range(args.rounds):
             for name, server in servers.items():
                 result = run_load(server.url, texts, configs[name][2], args.concurrency, args.requests, args.new_tokens)
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"command": command, "shape": args.shape, "adapters": args.adapters, "concurrency": args.concurrency,
               "requests_per_run": args.requests, "rounds": args.rounds, "new_tokens": args.new_tokens,
               "input_tokens": args.input_tokens, "cpus": os.cpu_count(), "median_throughput_rps": tput,
-              "ratios": ratios, "goals_met": goals, "runs": results,
+              "ratios": ratios, "goals_met": goals, "adapter_load": adapter_cost, "runs": results,
               "note": "random weights: outputs are meaningless; exactly new_tokens generated per request"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{'met' if goals['mixed >= 2x grouped'] else 'NOT met'}); per round {ratios['per_round_mixed_over_grouped']}",
               f"- mixed / merged single adapter: **{ratios['mixed_over_merged']}** (goal >= 0.75: "
               f"{'met' if goals['mixed within 25% of merged'] else 'NOT met'}); per round {ratios['per_round_mixed_over_merged']}",
+              f"- adapter load (at start, from /info): "
+              f"{statistics.median(c['load_seconds'] for c in adapter_cost.values()):.3f} s median, "
+              f"{statistics.median(c['memory_bytes'] for c in adapter_cost.values()) / 2**20:.2f} MiB each",
               "- machine CPU busy = share of all CPUs busy during the run (the server itself uses ~all of them; "
               "load from other users shows as slower runs, hence the interleaving)."]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
