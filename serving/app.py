@@ -68,6 +68,7 @@ class Runtime:
         self.batcher: Batcher | None = None
         self.inflight = 0
         self.metrics.ready.set(0)
+        self.metrics.queue_capacity.set(settings.max_queue_size)
 
     def begin_drain(self) -> None:
         if self.state.status == "ready":

@@ -221,7 +221,7 @@ def test_metrics_exposition(client):
                  "t5serving_queue_wait_seconds_bucket", "t5serving_batch_size_bucket",
                  "t5serving_batch_padding_ratio_bucket", "t5serving_time_per_output_token_seconds_bucket",
                  "t5serving_input_tokens_total", "t5serving_output_tokens_total", "t5serving_padding_tokens_total",
-                 "t5serving_queue_depth", "t5serving_inflight_requests", "t5serving_rejected_requests_total",
+                 "t5serving_queue_depth", "t5serving_queue_capacity", "t5serving_inflight_requests", "t5serving_rejected_requests_total",
                  "t5serving_expired_items_total", "t5serving_model_load_seconds", "t5serving_model_info",
                  "t5serving_ready"):
         assert name in text, name
