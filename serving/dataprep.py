@@ -173,7 +173,11 @@ def length_report(records: list[dict[str, str]], tokenizer_dir: str | None,
     if tokenizer_dir:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        except (OSError, ValueError) as exc:
+            raise DataPrepError(f"--tokenizer {tokenizer_dir}: cannot load a tokenizer there "
+                                f"({str(exc).splitlines()[0]})") from None
         source = [len(ids) for ids in tokenizer([r["dialogue"] for r in records])["input_ids"]]
         target = [len(ids) for ids in tokenizer([r["summary"] for r in records])["input_ids"]]
         unit = "tokens"
