@@ -292,3 +292,34 @@ def test_without_tracking_uri_nothing_is_tracked(train_mod, tiny_base, tmp_path,
     monkeypatch.chdir(tmp_path)
     assert train_mod.main(_host_args(tiny_base, tmp_path, "--max-steps", "1", validation=False)) == 0
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_base, tmp_path):
+    """What a spot interruption or StopTrainingJob does: SIGTERM mid-run."""
+    import os
+    import signal
+    import subprocess
+
+    root = tmp_path / "opt-ml"  # a SageMaker layout, so the failure file is written too
+    (root / "input" / "config").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SM_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "code" / "train.py"), *_host_args(tiny_base, tmp_path, "--max-steps", "100000",
+                                                                       "--checkpoint-steps", "0", validation=False)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:  # wait until it really trains
+            if line.startswith("step=3;"):
+                break
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, stderr[-2000:]
+    (checkpoint,) = (tmp_path / "ckpt").iterdir()
+    step = int(checkpoint.name.split("-")[1])
+    assert step >= 3 and f"stopped by SIGTERM at step {step}" in stderr
+    assert "stopped by SIGTERM" in (root / "output" / "failure").read_text()
+    assert not (tmp_path / "model" / "adapter_config.json").exists()
