@@ -27,18 +27,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_adapter_dir):
     """`serve` on the tiny model's adapter, 127.0.0.1 only, stopped by PID."""
-    from serving.devmodel import make_dev_model
-
-    model = make_dev_model(tmp_path_factory.mktemp("tiny"), "tiny", adapter=True)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for var in ("MODEL_DIR", "BASE_MODEL_DIR", "BASE_MODEL_ID", "HOST"):
         env.pop(var, None)
     log = tmp_path_factory.mktemp("log") / "server.log"
     with log.open("w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "serving.cli", "--model-dir", str(model / "adapter"),
+        process = subprocess.Popen([sys.executable, "-m", "serving.cli", "--model-dir", str(tiny_adapter_dir),
                                     "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=REPO,
                                    stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -31,10 +31,9 @@ def train_mod():
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> Path:
-    from serving.devmodel import make_dev_model
-
-    return make_dev_model(tmp_path_factory.mktemp("tiny"), "tiny")
+def tiny_base(tiny_model_dir) -> Path:
+    # The session's tiny random T5 (conftest.py); its adapter/ sub-dir is ignored here.
+    return tiny_model_dir
 
 
 @pytest.fixture(autouse=True)
