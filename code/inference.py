@@ -1,0 +1,343 @@
+"""SageMaker model script for FLAN-T5 (+ LoRA) dialogue summarization.
+
+The four handler functions SageMaker's hosting contract defines. They run under this project's
+batching server and, unchanged, under AWS's own ``sagemaker-inference`` toolkit with
+``multi-model-server``: this file needs only torch, transformers and peft.
+
+- ``model_fn(model_dir)``: load tokenizer and model; an adapter-only dir (adapter_config.json)
+  is merged into its base once, here, so serving costs nothing extra per request.
+- ``input_fn(body, content_type)``: a request body -> a list of items
+  ``{"inputs": str, "parameters": {...}}`` with validated, complete generation parameters.
+- ``predict_fn(items, model)``: ONE batched ``generate`` over the items (items from many
+  requests when the batching server calls it), one result per item.
+- ``output_fn(predictions, accept)``: results -> response body.
+
+Errors that the caller can fix raise ``InputError`` (HTTP 400) or a subclass that carries its
+own ``status_code`` (415 unsupported content type, 406 unsupported accept).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("inference")
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+TEXT = "text/plain"
+_JSONLINES_ALIASES = {"application/jsonlines", "application/jsonl", "application/x-jsonlines",
+                      "application/json-lines"}
+
+
+class InputError(ValueError):
+    """A request the client must fix; the message says what to change."""
+
+    status_code = 400
+    error = "invalid_input"
+
+
+class UnsupportedContentTypeError(InputError):
+    status_code = 415
+    error = "unsupported_content_type"
+
+
+class UnsupportedAcceptError(InputError):
+    status_code = 406
+    error = "unsupported_accept"
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation parameters: name -> (type, default, minimum, maximum). Ranges keep one request from
+# monopolising the model (max_new_tokens, num_beams) and reject values generate() would
+# silently misuse (temperature 0 with sampling, top_p outside (0, 1]).
+# ---------------------------------------------------------------------------------------------
+MAX_NEW_TOKENS_LIMIT = int(os.environ.get("MAX_NEW_TOKENS_LIMIT", "512"))
+DEFAULT_MAX_NEW_TOKENS = int(os.environ.get("DEFAULT_MAX_NEW_TOKENS", "128"))
+
+PARAMETERS: dict[str, tuple[type, Any, float, float]] = {
+    "max_new_tokens": (int, DEFAULT_MAX_NEW_TOKENS, 1, MAX_NEW_TOKENS_LIMIT),
+    "min_new_tokens": (int, 0, 0, MAX_NEW_TOKENS_LIMIT),
+    "num_beams": (int, 1, 1, 8),
+    "do_sample": (bool, False, 0, 1),
+    "temperature": (float, 1.0, 1e-3, 5.0),
+    "top_k": (int, 50, 0, 1000),
+    "top_p": (float, 1.0, 1e-3, 1.0),
+    "repetition_penalty": (float, 1.0, 0.5, 5.0),
+    "no_repeat_ngram_size": (int, 0, 0, 10),
+}
+
+
+def validate_parameters(raw: Any) -> dict[str, Any]:
+    """Complete, typed generation parameters, or InputError naming the offending key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError('"parameters" must be a JSON object, e.g. {"max_new_tokens": 60}')
+    unknown = sorted(set(raw) - set(PARAMETERS))
+    if unknown:
+        raise InputError(f"unknown parameter(s) {', '.join(unknown)}; supported: {', '.join(PARAMETERS)}")
+    params: dict[str, Any] = {}
+    for name, (kind, default, lo, hi) in PARAMETERS.items():
+        value = raw.get(name, default)
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise InputError(f"parameter {name} must be true or false, got {value!r}")
+        elif kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise InputError(f"parameter {name} must be an integer, got {value!r}")
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"parameter {name} must be a number, got {value!r}")
+            value = float(value)
+        if kind is not bool and not lo <= value <= hi:
+            raise InputError(f"parameter {name}={value} is out of range: must be between {lo:g} and {hi:g}")
+        params[name] = value
+    if params["min_new_tokens"] > params["max_new_tokens"]:
+        raise InputError(f"min_new_tokens ({params['min_new_tokens']}) must not exceed "
+                         f"max_new_tokens ({params['max_new_tokens']})")
+    return params
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def _decode(body: bytes | bytearray | str) -> str:
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            return bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"body is not valid UTF-8 (byte {exc.start})") from None
+    return body
+
+
+def _item(text: Any, parameters: Any, where: str) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise InputError(f'{where}: "inputs" must be a string (a dialogue), got {type(text).__name__}')
+    if not text.strip():
+        raise InputError(f"{where}: the dialogue is empty; send the text to summarize")
+    return {"inputs": text, "parameters": validate_parameters(parameters)}
+
+
+def _items_from_object(obj: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(obj, dict):
+        raise InputError(f'{where}: expected a JSON object like {{"inputs": "...", "parameters": {{}}}}')
+    unknown = sorted(set(obj) - {"inputs", "dialogue", "parameters"})
+    if unknown:
+        raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; send \"inputs\" and optional \"parameters\"")
+    text = obj.get("inputs", obj.get("dialogue"))
+    if text is None:
+        raise InputError(f'{where}: missing "inputs" (the dialogue, or a list of dialogues)')
+    if isinstance(text, list):
+        if not text:
+            raise InputError(f'{where}: "inputs" is an empty list')
+        return [_item(t, obj.get("parameters"), f"{where} inputs[{i}]") for i, t in enumerate(text)]
+    return [_item(text, obj.get("parameters"), where)]
+
+
+def input_fn(body: bytes | str, content_type: str = JSON) -> list[dict[str, Any]]:
+    """Parse a request body into items ``{"inputs": str, "parameters": dict}``."""
+    media = _media_type(content_type) or JSON
+    text = _decode(body)
+    if not text.strip():
+        raise InputError("request body is empty")
+    if media == JSON:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        return _items_from_object(obj, "body")
+    if media in _JSONLINES_ALIASES:
+        items: list[dict[str, Any]] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"line {number} is not valid JSON: {exc.msg}") from None
+            items.extend(_items_from_object(obj, f"line {number}"))
+        return items
+    if media == TEXT:
+        return [_item(text, None, "body")]
+    raise UnsupportedContentTypeError(
+        f"content type {content_type!r} is not supported; use {JSON}, {JSONLINES} or {TEXT}")
+
+
+def output_fn(predictions: list[dict[str, Any]], accept: str | None = JSON) -> str:
+    """``{"summaries": [...]}`` for JSON; one ``{"summary": ...}`` object per line for JSON lines."""
+    media = _media_type(accept)
+    if media in ("", "*/*", JSON, "application/*"):
+        return json.dumps({"summaries": [p["summary"] for p in predictions]}, ensure_ascii=False)
+    if media in _JSONLINES_ALIASES:
+        return "".join(json.dumps({"summary": p["summary"]}, ensure_ascii=False) + "\n" for p in predictions)
+    raise UnsupportedAcceptError(f"accept {accept!r} is not supported; use {JSON} or {JSONLINES}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says why and what to do."""
+
+
+def _pick_device() -> torch.device:
+    wanted = os.environ.get("DEVICE", "auto")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("DEVICE=cuda but no CUDA device is visible")
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(wanted)
+
+
+def _pick_dtype(device: torch.device) -> torch.dtype:
+    wanted = os.environ.get("TORCH_DTYPE", "auto")
+    if wanted == "auto":
+        # bf16 on CPUs without AVX-512 BF16 is 3-4x slower than fp32 from batch 8 up.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[wanted]
+
+
+def _from_pretrained(loader, location: str, **kwargs):
+    try:
+        return loader.from_pretrained(location, **kwargs)
+    except OSError as exc:
+        if Path(location).exists():
+            raise ModelLoadError(f"could not load {location!r}: {exc}") from exc
+        raise ModelLoadError(
+            f"could not load {location!r} from the Hugging Face Hub ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). If this machine has no "
+            "network access, serve a local model instead: MODEL_DIR=/path/to/model (a "
+            "save_pretrained dir or a LoRA adapter dir), or make a random test model with "
+            "`python -m serving.devmodel models/tiny --shape tiny --adapter`.") from exc
+
+
+def _weights_sha256(directory: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    for path in files:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest() if files else ""
+
+
+def resolve_base(model_dir: Path, adapter_config: dict[str, Any]) -> str:
+    """Where the adapter's base model is: BASE_MODEL_DIR, BASE_MODEL_ID, <model_dir>/base, or
+    the base_model_name_or_path it was trained on (a local path or a hub id)."""
+    if os.environ.get("BASE_MODEL_DIR"):
+        return os.environ["BASE_MODEL_DIR"]
+    if os.environ.get("BASE_MODEL_ID"):
+        return os.environ["BASE_MODEL_ID"]
+    if (model_dir / "base" / "config.json").is_file():
+        return str(model_dir / "base")
+    named = adapter_config.get("base_model_name_or_path")
+    if not named:
+        raise ModelLoadError(
+            f"{model_dir}/adapter_config.json names no base model; set BASE_MODEL_DIR or BASE_MODEL_ID")
+    return named
+
+
+def model_fn(model_dir: str) -> dict[str, Any]:
+    """Load the tokenizer and model; merge a LoRA adapter into its base once, here."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    directory = Path(model_dir)
+    device = _pick_device()
+    dtype = _pick_dtype(device)
+    adapter_config_path = directory / "adapter_config.json"
+    info: dict[str, Any] = {"model_dir": str(directory), "device": str(device),
+                            "dtype": str(dtype).replace("torch.", "")}
+    if adapter_config_path.is_file():
+        from peft import PeftModel
+
+        adapter_config = json.loads(adapter_config_path.read_text())
+        base = resolve_base(directory, adapter_config)
+        model = _from_pretrained(AutoModelForSeq2SeqLM, base, dtype=dtype)
+        try:
+            peft_model = PeftModel.from_pretrained(model, str(directory))
+        except Exception as exc:  # a base/adapter mismatch surfaces as many exception types
+            raise ModelLoadError(f"adapter in {directory} does not fit base {base!r}: {exc}") from exc
+        model = peft_model.merge_and_unload()
+        has_tokenizer = (directory / "tokenizer_config.json").is_file()
+        tokenizer = _from_pretrained(AutoTokenizer, str(directory) if has_tokenizer else base)
+        info.update(model=str(directory), base_model=base, adapter=str(directory),
+                    adapter_sha256=_weights_sha256(directory),
+                    lora_r=adapter_config.get("r"),
+                    lora_target_modules=adapter_config.get("target_modules"))
+    else:
+        location = str(directory) if directory.is_dir() else model_dir
+        model = _from_pretrained(AutoModelForSeq2SeqLM, location, dtype=dtype)
+        tokenizer = _from_pretrained(AutoTokenizer, location)
+        info.update(model=location, base_model=location, adapter="", adapter_sha256="")
+    model.to(device)
+    model.eval()
+    info["parameters"] = sum(p.numel() for p in model.parameters())
+    return {"model": model, "tokenizer": tokenizer, "device": device, "info": info}
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction
+# ---------------------------------------------------------------------------------------------
+def count_tokens_fn(texts: list[str], model: dict[str, Any]) -> list[int]:
+    """Input length of each text in model tokens (EOS included), as generate will see it."""
+    return [len(ids) for ids in model["tokenizer"](texts)["input_ids"]]
+
+
+def _generate_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    kwargs = {
+        "max_new_tokens": params["max_new_tokens"],
+        "min_new_tokens": params["min_new_tokens"],
+        "num_beams": params["num_beams"],
+        "do_sample": params["do_sample"],
+        "repetition_penalty": params["repetition_penalty"],
+        "no_repeat_ngram_size": params["no_repeat_ngram_size"],
+    }
+    if params["do_sample"]:
+        kwargs.update(temperature=params["temperature"], top_p=params["top_p"], top_k=params["top_k"])
+    return kwargs
+
+
+def _group_by_parameters(items: list[dict[str, Any]]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        key = json.dumps(item.get("parameters") or {}, sort_keys=True)
+        groups.setdefault(key, []).append(index)
+    return groups
+
+
+def predict_fn(items: list[dict[str, Any]], model: dict[str, Any]) -> list[dict[str, Any]]:
+    """One padded, batched generate per distinct parameter set (the batching server sends one)."""
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    tokenizer, network = model["tokenizer"], model["model"]
+    max_input = int(os.environ.get("MAX_INPUT_TOKENS", "512"))
+    for key, indices in _group_by_parameters(items).items():
+        params = validate_parameters(json.loads(key))
+        texts = [items[i]["inputs"] for i in indices]
+        encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_input, return_tensors="pt")
+        encoded = {k: v.to(model["device"]) for k, v in encoded.items()}
+        with torch.inference_mode():
+            output = network.generate(**encoded, **_generate_kwargs(params))
+        # output[:, 0] is the decoder start token; count the rest up to (not including) EOS/pad.
+        generated = output[:, 1:]
+        special = torch.zeros_like(generated, dtype=torch.bool)
+        for token_id in {tokenizer.pad_token_id, tokenizer.eos_token_id}:
+            if token_id is not None:
+                special |= generated == token_id
+        output_tokens = (~special).sum(dim=1).tolist()
+        summaries = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        input_tokens = encoded["attention_mask"].sum(dim=1).tolist()
+        for row, index in enumerate(indices):
+            results[index] = {"summary": summaries[row].strip(), "input_tokens": int(input_tokens[row]),
+                              "output_tokens": int(output_tokens[row])}
+    return results  # type: ignore[return-value]
