@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/t5-serving:abc1234"
 UNREACHABLE_PROXY = "http://127.0.0.1:9"
 # Variables a developer's shell may carry that would change what the code under test does.
 _CLEARED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "ENDPOINT_NAME",
@@ -109,3 +111,18 @@ def moto(moto_server: str, aws_env: dict[str, str],
                 timeout=10).read()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     yield moto_server
+
+
+def make_model_dir(root: Path, weights: bytes = b"w" * 100) -> tuple[Path, Path]:
+    """A fake full-model dir (not loadable, enough for packaging) and a code dir."""
+    model = root / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "t5"}')
+    (model / "model.safetensors").write_bytes(weights)
+    (model / "tokenizer.json").write_text("{}")
+    (model / "code").mkdir()
+    (model / "code" / "stale.py").write_text("# must not be shipped")
+    code = root / "code"
+    code.mkdir()
+    (code / "inference.py").write_text("def model_fn(model_dir):\n    return model_dir\n")
+    return model, code

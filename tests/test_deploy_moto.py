@@ -17,29 +17,14 @@ from botocore.exceptions import ClientError
 from deploy import ecr, package
 from deploy import sagemaker_endpoint as se
 from deploy.config import build_deploy_config
+from deploy.testing import IMAGE, ROLE, make_model_dir
 from deploy.testing import aws_env, moto, moto_server  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
-ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/t5-serving:abc1234"
 
 
 def client(name: str, url: str) -> Any:
     return boto3.client(name, region_name="us-east-1", endpoint_url=url)
-
-
-def make_model_dir(root: Path, weights: bytes = b"w" * 100) -> tuple[Path, Path]:
-    model = root / "model"
-    model.mkdir(parents=True)
-    (model / "config.json").write_text('{"model_type": "t5"}')
-    (model / "model.safetensors").write_bytes(weights)
-    (model / "tokenizer.json").write_text("{}")
-    (model / "code").mkdir()
-    (model / "code" / "stale.py").write_text("# must not be shipped")
-    code = root / "code"
-    code.mkdir()
-    (code / "inference.py").write_text("def model_fn(model_dir):\n    return model_dir\n")
-    return model, code
 
 
 @pytest.fixture
