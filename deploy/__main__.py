@@ -38,7 +38,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     from deploy.aws import make_clients, resolve_region
 
     docker = ecr.docker_bin()
-    local = f"{args.image_name}:{args.image_tag}"
+    local = args.local_image or f"{args.image_name}:{args.image_tag}"
     repository = args.repository or args.image_name
     registry = args.registry
     clients = None
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     push = sub.add_parser("push", help="tag + push the image (ECR login, repository creation)")
     push.add_argument("--image-name", default=env_or("IMAGE_NAME", "t5-serving"))
     push.add_argument("--image-tag", default=env_or("IMAGE_TAG"), required=not env_or("IMAGE_TAG"))
+    push.add_argument("--local-image", default=None,
+                      help="local image to push (default IMAGE_NAME:IMAGE_TAG)")
     push.add_argument("--registry", default=env_or("REGISTRY"),
                       help="REGISTRY host[:port]; default: the caller's ECR registry via STS")
     push.add_argument("--repository", default=env_or("ECR_REPOSITORY"),

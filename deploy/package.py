@@ -65,10 +65,12 @@ def check_model_dir(model_dir: Path, base_dir: Path | None = None) -> str:
     return kind
 
 
-def _walk(root: Path) -> list[Path]:
+def _walk(root: Path, skip_adapters: bool = False) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_NAMES)
+        # A base dir from serving.devmodel holds its adapter in a subfolder: not base weights.
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_NAMES and not (
+            skip_adapters and (Path(dirpath) / d / "adapter_config.json").is_file()))
         for name in sorted(filenames):
             if name not in SKIP_NAMES:
                 out.append(Path(dirpath) / name)
@@ -103,7 +105,7 @@ def build(model_dir: Path, out: Path, *, code_dir: Path | None = None,
         entries.append((f, rel))
     entries.append((handler, "code/inference.py"))
     if base_dir is not None:
-        entries += [(f, "base/" + f.relative_to(base_dir).as_posix()) for f in _walk(base_dir)]
+        entries += [(f, "base/" + f.relative_to(base_dir).as_posix()) for f in _walk(base_dir, skip_adapters=True)]
     entries.sort(key=lambda e: e[1])
 
     out.parent.mkdir(parents=True, exist_ok=True)
