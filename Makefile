@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip
 # torch must be the CPU build on machines without a GPU: a plain `torch` pulls several GB of CUDA.
 # Empty it where pip already finds a CPU wheel (CI: a local wheel directory) or cannot reach it.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-EXTRAS ?= ctranslate2,train,loadtest,dev,browser,sagemaker-toolkit
+EXTRAS ?= ctranslate2,train,tracking,loadtest,dev,browser,sagemaker-toolkit
 
 HOST ?= 127.0.0.1
 PORT ?= 8080
