@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -423,6 +424,19 @@ def test_train_writes_an_adapter_with_sagemaker_layout(image: str, packaged_mode
                                   f"{failure.read_text() if failure.exists() else '(none)'}\n{proc.stderr[-3000:]}")
     assert (ml / "model" / "adapter_config.json").is_file(), sorted(p.name for p in (ml / "model").iterdir())
     assert not failure.exists()
+    # What training leaves in /opt/ml/model is what SageMaker tars into model.tar.gz: the same
+    # image must serve it as is.
+    trained = SimpleNamespace(model_dir=ml / "model", base_dir=base)
+    container = start_server(image, trained)
+    try:
+        status, _, body = post_json(f"{container.url}/invocations",
+                                    {"inputs": DIALOGUE, "parameters": {"max_new_tokens": 4}})
+        assert status == 200 and len(body["summaries"]) == 1, body
+        info = json.loads(http("GET", f"{container.url}/info")[2])["model"]
+        assert info["adapter"] == "/opt/ml/model" and info["adapter_sha256"], info
+        assert info["adapter_sha256"] != packaged_model.adapter_sha256, "served the untrained adapter"
+    finally:
+        docker("rm", "-f", container.cid, check=False)
 
 
 @docker_mark
