@@ -19,7 +19,8 @@
 #                    layer is reused; delete it to start clean.
 #   T5S_REGISTRY_PORT  loopback registry port             [5000]
 #   T5S_IMAGE        tag to build                         [t5serving:ci]
-# After docker_up: DOCKER_HOST and DOCKER (the client matching this engine) are exported.
+# After docker_up: DOCKER_HOST, DOCKER (the client matching this engine) and T5S_REGISTRY
+# (127.0.0.1:5000) are exported; after docker_build also T5S_IMAGE.
 
 T5S_DOCKER_RUN="${T5S_DOCKER_RUN:-/run/t5serving-docker}"
 T5S_DOCKER_DATA="${T5S_DOCKER_DATA:-/var/cache/t5serving/docker}"
@@ -92,6 +93,7 @@ docker_up() {
 
 registry_up() {
   local pidf="$T5S_DOCKER_RUN/registry.pid"
+  export T5S_REGISTRY="127.0.0.1:$T5S_REGISTRY_PORT"
   if _pid_alive "$pidf"; then _dlog "registry already running"; return 0; fi
   mkdir -p "$T5S_REGISTRY_DATA"
   cat >"$T5S_DOCKER_RUN/registry.yml" <<EOF
@@ -118,7 +120,6 @@ EOF
   if ! curl -fsS "http://127.0.0.1:$T5S_REGISTRY_PORT/v2/" >/dev/null 2>&1; then
     _dlog "registry did not come up"; tail -20 "$T5S_DOCKER_RUN/registry.log" >&2; return 1
   fi
-  export T5S_REGISTRY="127.0.0.1:$T5S_REGISTRY_PORT"
   _dlog "registry up at $T5S_REGISTRY"
 }
 
