@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import tarfile
-import time
 
 import boto3
 import httpx
 import pytest
 
 from serving.model_source import ModelSourceError, download_s3
-from tests.helpers import running_server, wait_for
+from tests.helpers import running_server, wait_for_state
 
 
 def upload_dir(s3, bucket: str, prefix: str, directory) -> None:
@@ -58,9 +57,5 @@ def test_server_loads_and_serves_an_s3_model(moto, tiny_adapter_dir, tmp_path):
         response = httpx.post(server.url + "/invocations", json={"inputs": "#Person1#: Hello from S3."})
         assert response.status_code == 200 and len(response.json()["summaries"]) == 1
     with running_server("s3://models/missing", tmp_path, env, wait=False) as broken:
-        deadline = time.monotonic() + 60
-        ping = wait_for(broken.url, "/ping", status=503, process=broken.process)
-        while ping.json()["status"] != "failed" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            ping = httpx.get(broken.url + "/ping")
+        ping = wait_for_state(broken.url, "failed", process=broken.process)
         assert ping.status_code == 503 and "nothing found at s3://models/missing" in ping.json()["detail"]
