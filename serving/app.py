@@ -14,11 +14,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import __version__
@@ -35,7 +36,8 @@ logger = logging.getLogger("t5serving.app")
 access_log = logging.getLogger("t5serving.access")
 
 ROUTES = ("/ping", "/invocations", "/execution-parameters", "/health/live", "/health/ready",
-          "/metrics", "/info")
+          "/metrics", "/info", "/stats")
+DEMO_PAGE = Path(__file__).parent / "static" / "demo.html"
 WARMUP_BODY = b'{"inputs": "#Person1#: Hello. #Person2#: Hi, how are you?", "parameters": {"max_new_tokens": 4}}'
 
 
@@ -64,6 +66,7 @@ class Runtime:
         self.handlers = handlers
         self.engine = engine
         self.batcher: Batcher | None = None
+        self.inflight = 0
         self.metrics.ready.set(0)
 
     def begin_drain(self) -> None:
@@ -105,7 +108,7 @@ class Runtime:
         s = self.settings
         self.batcher = Batcher(self.engine, self.metrics, max_batch_size=s.max_batch_size,
                                max_batch_tokens=s.max_batch_tokens, max_batch_delay_ms=s.max_batch_delay_ms,
-                               max_queue_size=s.max_queue_size)
+                               max_queue_size=s.max_queue_size, length_aware=s.length_aware_batching)
         self.batcher.start()
         if self.state.status == "loading":
             self.state.status = "ready"
@@ -265,10 +268,29 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             "load_seconds": runtime.state.load_seconds,
             "batching": {"max_batch_size": s.max_batch_size, "max_batch_tokens": s.max_batch_tokens,
                          "max_batch_delay_ms": s.max_batch_delay_ms, "max_queue_size": s.max_queue_size,
+                         "length_aware_batching": s.length_aware_batching,
                          "request_timeout_s": s.request_timeout_s},
             "limits": {"max_payload_mb": s.max_payload_mb, "max_items_per_request": s.max_items_per_request,
                        "max_input_tokens": s.max_input_tokens},
         }, headers={"Cache-Control": "no-store"})
+
+    @app.get("/stats")
+    async def stats() -> JSONResponse:
+        """A small live snapshot for the demo page (Prometheus has the full picture)."""
+        batcher = runtime.batcher
+        batches = batcher.batches_run if batcher else 0
+        return JSONResponse({
+            "status": runtime.state.status, "queue_depth": batcher.depth if batcher else 0,
+            "inflight_requests": runtime.inflight,
+            "batches_run": batches, "items_run": batcher.items_run if batcher else 0,
+            "mean_batch_size": (batcher.items_run / batches) if batches else 0.0,
+            "max_batch_size": settings.max_batch_size, "max_batch_delay_ms": settings.max_batch_delay_ms,
+        }, headers={"Cache-Control": "no-store"})
+
+    if settings.demo_page:
+        @app.get("/", include_in_schema=False)
+        async def demo() -> FileResponse:
+            return FileResponse(DEMO_PAGE, media_type="text/html")
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
@@ -277,6 +299,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
         request.state.request_id = request_id
         arrived = time.monotonic()
         log: dict[str, Any] = {"request_id": request_id, "route": "/invocations"}
+        runtime.inflight += 1
         runtime.metrics.inflight.inc()
         try:
             response = await _invoke(request, request_id, arrived, log)
@@ -284,6 +307,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             response = error_response(exc.status_code, exc.error, exc.detail, headers=exc.headers)
             log["error"] = exc.error
         finally:
+            runtime.inflight -= 1
             runtime.metrics.inflight.dec()
         response.headers["X-Request-Id"] = request_id
         log.update(status=response.status_code, total_ms=round((time.monotonic() - arrived) * 1000, 1))

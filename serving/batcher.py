@@ -70,13 +70,14 @@ def parameters_key(item: Item) -> str:
 
 class Batcher:
     def __init__(self, engine: Engine, metrics: Metrics, *, max_batch_size: int, max_batch_tokens: int,
-                 max_batch_delay_ms: float, max_queue_size: int) -> None:
+                 max_batch_delay_ms: float, max_queue_size: int, length_aware: bool = True) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_delay = max_batch_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
+        self.length_aware = length_aware
         self._pending: list[WorkItem] = []
         self._arrival = asyncio.Event()
         self._idle = asyncio.Event()
@@ -86,6 +87,7 @@ class Batcher:
         self._accepting = True
         self.busy_since: float | None = None
         self.batches_run = 0
+        self.items_run = 0
 
     # -- public API used by the HTTP layer ----------------------------------------------------
     @property
@@ -166,29 +168,35 @@ class Batcher:
     def select_batch(self) -> list[WorkItem]:
         """The oldest item plus its nearest neighbours in length, within the size/token limits."""
         oldest = self._pending[0]
+        if not self.length_aware:
+            return self._select_in_arrival_order(oldest.group)
         group = sorted((w for w in self._pending if w.group == oldest.group), key=lambda w: w.tokens)
         lo = hi = group.index(oldest)
         longest = oldest.tokens
         while hi - lo + 1 < self.max_batch_size:
-            left = group[lo - 1] if lo > 0 else None
-            right = group[hi + 1] if hi + 1 < len(group) else None
-            if left is None and right is None:
+            size = hi - lo + 2
+            neighbours = [(side, group[i]) for side, i in (("left", lo - 1), ("right", hi + 1))
+                          if 0 <= i < len(group) and max(longest, group[i].tokens) * size <= self.max_batch_tokens]
+            if not neighbours:
                 break
-            # Prefer the neighbour whose length is closer to the anchor's: least padding added.
-            take_left = right is None or (left is not None and oldest.tokens - left.tokens <= right.tokens - oldest.tokens)
-            candidate = left if take_left else right
-            new_longest = max(longest, candidate.tokens)
-            if new_longest * (hi - lo + 2) > self.max_batch_tokens:
-                if take_left and right is not None and max(longest, right.tokens) * (hi - lo + 2) <= self.max_batch_tokens:
-                    candidate, take_left, new_longest = right, False, max(longest, right.tokens)
-                else:
-                    break
-            longest = new_longest
-            if take_left:
+            # The neighbour closest in length to the oldest item adds the least padding.
+            side, chosen = min(neighbours, key=lambda n: abs(n[1].tokens - oldest.tokens))
+            longest = max(longest, chosen.tokens)
+            if side == "left":
                 lo -= 1
             else:
                 hi += 1
         return group[lo:hi + 1]
+
+    def _select_in_arrival_order(self, group_key: str) -> list[WorkItem]:
+        batch: list[WorkItem] = []
+        for w in self._pending:
+            if w.group != group_key:
+                continue
+            if batch and (len(batch) >= self.max_batch_size or self._padded([*batch, w]) > self.max_batch_tokens):
+                break
+            batch.append(w)
+        return batch
 
     def _drop_expired(self, now: float) -> None:
         expired = [w for w in self._pending if w.deadline <= now]
@@ -248,6 +256,7 @@ class Batcher:
             self.busy_since = None
         compute = time.monotonic() - start
         self.batches_run += 1
+        self.items_run += len(batch)
         outputs = [r.get("output_tokens", 0) for r in results if isinstance(r, dict)]
         self.metrics.observe_batch(
             size=len(batch), real_tokens=sum(w.tokens for w in batch), padded_tokens=self._padded(batch),
