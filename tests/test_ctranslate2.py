@@ -8,7 +8,6 @@ int8 figure here is a floor on real-model agreement, not an estimate of it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -25,9 +24,6 @@ from serving.ctranslate2_engine import (CTranslate2Engine, UnsupportedParameterE
 from serving.engine import ScriptEngine, create_engine  # noqa: E402
 from serving.handlers import load_handlers  # noqa: E402
 from serving.settings import SettingsError, load_settings  # noqa: E402
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TEXTS = [
     "#Person1#: Hi, I'd like to book a table for two tonight at seven.\n#Person2#: Inside or on the terrace?",
@@ -53,15 +49,13 @@ def items(texts: list[str], **changes: Any) -> list[dict[str, Any]]:
 
 # --- fixtures --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from serving.devmodel import make_dev_model
-
-    return make_dev_model(tmp_path_factory.mktemp("ct2-tiny"), shape="tiny", adapter=True)
+def model_dir(tiny_model_dir) -> Path:  # tests/conftest.py builds it once per session
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(model_dir) -> Path:
-    return model_dir / "adapter"
+def adapter_dir(tiny_adapter_dir) -> Path:
+    return tiny_adapter_dir
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +144,13 @@ def assert_scores_match(model, tokenizer, ct2_dir: str, text: str, beams: int) -
         out = model.generate(**encoded, max_new_tokens=16, num_beams=beams, num_return_sequences=beams,
                              output_scores=True, return_dict_in_generate=True)
     translator = ctranslate2.Translator(ct2_dir, compute_type="float32")
+    options = {**translate_options(params(num_beams=beams, max_new_tokens=16)), "num_hypotheses": beams}
     result = translator.translate_batch([tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])],
-                                        beam_size=beams, num_hypotheses=beams, max_decoding_length=16,
-                                        return_scores=True)[0]
-    torch_best = [t for t in out.sequences[0].tolist()[1:] if t != 1]
-    ct2_best = tokenizer.convert_tokens_to_ids(result.hypotheses[0])
-    assert ct2_best == torch_best[:len(ct2_best)] and len(torch_best) - len(ct2_best) <= 1
+                                        return_scores=True, **options)[0]
+    torch_best = out.sequences[0].tolist()[1:]
+    if tokenizer.eos_token_id in torch_best:  # CTranslate2 leaves EOS (and what pads after it) out
+        torch_best = torch_best[:torch_best.index(tokenizer.eos_token_id)]
+    assert tokenizer.convert_tokens_to_ids(result.hypotheses[0]) == torch_best
     assert result.scores[0] == pytest.approx(out.sequences_scores[0].item(), abs=1e-3)
 
 
@@ -243,7 +238,6 @@ def test_float32_greedy_is_token_identical_to_torch_alone_and_batched(torch_engi
     {"num_beams": 4},
     {"repetition_penalty": 1.5},
     {"no_repeat_ngram_size": 2},
-    {"num_beams": 8, "max_new_tokens": 40},
 ])
 def test_float32_matches_torch_for_parameters(torch_engine, f32, changes):
     batch = items(TEXTS, **changes)
