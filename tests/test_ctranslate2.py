@@ -236,8 +236,9 @@ def test_float32_greedy_is_token_identical_to_torch_alone_and_batched(torch_engi
     {"max_new_tokens": 40, "min_new_tokens": 12},
     {"max_new_tokens": 1},
     {"num_beams": 4},
-    {"repetition_penalty": 1.5},
     {"no_repeat_ngram_size": 2},
+    # repetition_penalty is not here: transformers also penalises the decoder start token
+    # (<pad>), CTranslate2 does not, and random tiny weights do generate <pad> (docs/ctranslate2.md).
 ])
 def test_float32_matches_torch_for_parameters(torch_engine, f32, changes):
     batch = items(TEXTS, **changes)
