@@ -71,4 +71,9 @@ def create_engine(engine_name: str, handlers: Handlers, model_dir: str, settings
     """The engine named by ENGINE. New engines register here."""
     if engine_name == "torch":
         return ScriptEngine(handlers, model_dir)
+    if engine_name == "ctranslate2":
+        # Imported here: ctranslate2 is an optional extra that the torch engine does not need.
+        from serving.ctranslate2_engine import CTranslate2Engine
+
+        return CTranslate2Engine(handlers, model_dir, settings)
     raise ValueError(f"unknown engine {engine_name!r}")
