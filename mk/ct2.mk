@@ -8,7 +8,7 @@ CT2_OUT ?= $(CT2_SOURCE)/ctranslate2
 CT2_QUANTIZATION ?= int8
 CT2_BENCH_ARGS ?=
 
-.PHONY: ct2-convert serve-ct2 ct2-test ct2-contract bench-ct2
+.PHONY: ct2-convert serve-ct2 ct2-test bench-ct2
 
 ct2-convert: install ## Merge the adapter and convert CT2_SOURCE (default MODEL_DIR) to CTranslate2 in CT2_OUT (int8)
 	@test -n "$(CT2_SOURCE)" || { echo "set MODEL_DIR=... (or CT2_SOURCE=...) to the model or adapter dir" >&2; exit 2; }
@@ -17,8 +17,11 @@ ct2-convert: install ## Merge the adapter and convert CT2_SOURCE (default MODEL_
 serve-ct2: devmodel ## Serve the tiny dev adapter with ENGINE=ctranslate2 (converted at start, cached)
 	ENGINE=ctranslate2 $(VENV)/bin/serve --host $(HOST) --port $(PORT) --model-dir $(or $(MODEL_DIR),$(DEV_MODEL_DIR)/adapter)
 
-ct2-test: install ## CTranslate2 engine tests + the hosting contract suite with ENGINE=ctranslate2 (~3 min)
-	VENV=$(VENV) bash .ci/ct2.sh
+ct2-test: install ## CTranslate2 engine tests + the hosting contract suite on both CTranslate2 compute types
+	$(PY) -c 'import ctranslate2' || { echo "ctranslate2 is not installed (the ctranslate2 extra)" >&2; exit 2; }
+	$(PY) -m pytest -q -rs tests/test_ctranslate2.py
+	CONTRACT_ENGINE=ctranslate2-float32 $(PY) -m pytest -q -rs tests/contract
+	CONTRACT_ENGINE=ctranslate2-int8 $(PY) -m pytest -q -rs tests/contract
 
 bench-ct2: install ## CTranslate2 vs torch engine on the FLAN-T5-base shape (several minutes, under flock /tmp/bench.lock)
 	test -f $(or $(BENCH_MODEL_DIR),models/flan-t5-base)/adapter/adapter_config.json || \

@@ -30,6 +30,9 @@ class Engine(Protocol):
     def generate(self, items: list[Item]) -> list[Prediction | BaseException]:
         """One batched generation; one prediction (or the item's own exception) per item."""
 
+    # Optional: ``validate(items) -> None`` raises (with a 4xx ``status_code``) for items the
+    # engine cannot honour, so the client hears it at admission rather than after queueing.
+
 
 class ScriptEngine:
     """The torch engine: the user script's model_fn, predict_fn and count_tokens_fn."""
