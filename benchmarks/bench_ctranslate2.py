@@ -36,49 +36,9 @@ from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-DIALOGSUM_DEV = Path(os.environ.get("DIALOGSUM_DEV", "/work/shared/data/dialogsum/dialogsum.dev.jsonl"))
+from benchmarks.common import REPO, at_real_t5_length, fixed_length_inputs, load_dialogues, percentile
+
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-# --- workloads -----------------------------------------------------------------------------------
-def load_dialogues() -> list[str]:
-    if not DIALOGSUM_DEV.is_file():
-        raise SystemExit(f"{DIALOGSUM_DEV} not found (set DIALOGSUM_DEV); it is read in place, never copied")
-    return [json.loads(line)["dialogue"] for line in DIALOGSUM_DEV.read_text().splitlines() if line.strip()]
-
-
-def fixed_length_inputs(tokenizer: Any, dialogues: list[str], n_tokens: int, count: int) -> list[str]:
-    """Texts of n_tokens tokens (EOS included), cut from the concatenated dialogues."""
-    ids = tokenizer("\n".join(dialogues), add_special_tokens=False)["input_ids"]
-    out, step = [], max(1, (len(ids) - n_tokens) // max(1, count))
-    for i in range(count):
-        start = i * step
-        chunk = ids[start:start + n_tokens - 1]
-        text = tokenizer.decode(chunk)
-        # Decoding and re-encoding can merge pieces; trim or extend until it is exact.
-        while len(tokenizer(text)["input_ids"]) > n_tokens:
-            chunk = chunk[:-1]
-            text = tokenizer.decode(chunk)
-        out.append(text)
-    return out
-
-
-def at_real_t5_length(tokenizer: Any, dialogue: str) -> str:
-    """The dialogue cut to about as many tokens as FLAN-T5's own tokenizer would give it (about 4
-    characters a token): the dev tokenizer's small vocabulary splits English ~2.5x finer."""
-    ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
-    return tokenizer.decode(ids[: min(511, max(8, len(dialogue) // 4))])
-
-
-# --- measurement helpers ---------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def _busy_ticks() -> int:
@@ -225,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.model_dir)
     served = root / "adapter" if (root / "adapter" / "adapter_config.json").is_file() else root
     tokenizer = AutoTokenizer.from_pretrained(str(served))
-    dialogues = load_dialogues()
+    dialogues, _ = load_dialogues()
     c, params = args.concurrency, {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     n = max(args.ct2_requests, args.torch_requests, c)
     fixed = fixed_length_inputs(tokenizer, dialogues, args.input_tokens, n)
