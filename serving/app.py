@@ -343,6 +343,15 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             raise ServingError(400, "too_many_inputs",
                                f"{len(items)} dialogues in one request; the limit is "
                                f"{settings.max_items_per_request} (MAX_ITEMS_PER_REQUEST): split the request")
+        validate = getattr(runtime.engine, "validate", None)
+        if validate is not None:  # engine-specific limits (e.g. a parameter it cannot honour)
+            try:
+                validate(items)
+            except Exception as exc:
+                mapped = client_error_from(exc)
+                if mapped is None:
+                    raise
+                raise mapped from None
         tokens = runtime.engine.count_tokens([item["inputs"] for item in items])
         for index, n in enumerate(tokens):
             if n > settings.max_input_tokens:

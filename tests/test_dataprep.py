@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -125,52 +120,14 @@ def test_unknown_format_fails(tmp_path, capsys):
     assert "unknown format .parquet" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def moto_s3(monkeypatch):
-    """moto's S3 server on 127.0.0.1, stopped by PID."""
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
-        monkeypatch.setenv(var, value)
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                assert process.poll() is None, "moto server exited"
-                assert time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, 9)
-            process.wait()
-
-
-def test_upload_to_s3_prints_channel_uris(tmp_path, moto_s3, capsys):
+def test_upload_to_s3_prints_channel_uris(tmp_path, moto, capsys):
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=moto_s3)
+    s3 = boto3.client("s3", endpoint_url=moto)
     s3.create_bucket(Bucket="training-data")
     out = tmp_path / "out"
     assert dataprep.main([str(SAMPLE / "train.jsonl"), "--out", str(out), "--val-size", "4",
-                          "--s3-uri", "s3://training-data/dialogsum/v1/", "--endpoint-url", moto_s3]) == 0
+                          "--s3-uri", "s3://training-data/dialogsum/v1/", "--endpoint-url", moto]) == 0
     printed = capsys.readouterr().out
     assert "train=s3://training-data/dialogsum/v1/train/" in printed
     assert "validation=s3://training-data/dialogsum/v1/validation/" in printed

@@ -8,7 +8,6 @@ import pytest
 from deploy import __main__ as cli
 from deploy.config import (ALLOWED_ENV_NAMES, ENDPOINT_NAME_RE, ConfigError, build_deploy_config,
                            validate_container_env)
-from deploy.testing import aws_env  # noqa: F401 - fixture
 
 GOOD = dict(endpoint_name="t5-summarizer",
             image_uri="123456789012.dkr.ecr.us-east-1.amazonaws.com/t5-serving:abc1234",

@@ -16,7 +16,6 @@ import pytest
 from botocore.stub import Stubber
 
 from deploy import invoke as inv
-from deploy.testing import aws_env  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parent.parent
 

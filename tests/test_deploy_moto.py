@@ -18,7 +18,6 @@ from deploy import ecr, package
 from deploy import sagemaker_endpoint as se
 from deploy.config import build_deploy_config
 from deploy.testing import IMAGE, ROLE, make_model_dir
-from deploy.testing import aws_env, moto, moto_server  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parent.parent
 

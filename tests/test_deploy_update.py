@@ -15,7 +15,6 @@ from deploy import package
 from deploy import sagemaker_endpoint as se
 from deploy.config import build_deploy_config
 from deploy.testing import IMAGE, ROLE, make_model_dir
-from deploy.testing import aws_env, moto, moto_server  # noqa: F401 - fixtures
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 ARN = "arn:aws:sagemaker:us-east-1:123456789012"
