@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -264,6 +265,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
         s = settings
         return JSONResponse({
             "version": __version__,
+            "git_sha": os.environ.get("T5SERVING_GIT_SHA"),  # set by the image build
             "status": runtime.state.status,
             "model": runtime.state.info,
             "load_seconds": runtime.state.load_seconds,
