@@ -42,8 +42,8 @@ FROM scratch AS bake-model
 ARG MODEL_DIR
 COPY ${MODEL_DIR}/ /model/
 
-FROM ${BASE_IMAGE} AS runtime
-ARG DEVICE=cpu
+FROM ${BASE_IMAGE} AS system
+ARG DEVICE
 SHELL ["/bin/sh", "-eu", "-c"]
 
 ENV LANG=C.UTF-8 \
@@ -83,18 +83,30 @@ RUN --mount=type=bind,source=container/certs,target=/tmp/certs \
     chown -R 1000:1000 /opt/ml; \
     python3 -m venv /opt/venv
 
-# --- dependency layers (change only with pyproject.toml) ---------------------------------
+# --- requirement lists, in a side stage ---------------------------------------------------
+# The install layers below COPY only these generated lists, and BuildKit caches COPY by
+# content: an edit to pyproject.toml that leaves the torch pin alone keeps the torch layer,
+# and one that touches only extras the image does not install keeps both layers.
+FROM system AS requirements
+ARG EXTRAS=train
+COPY pyproject.toml container/requirements.py /tmp/build/
+RUN mkdir /reqs; \
+    python3 /tmp/build/requirements.py /tmp/build/pyproject.toml --only torch > /reqs/torch.txt; \
+    python3 /tmp/build/requirements.py /tmp/build/pyproject.toml --extras "$EXTRAS" --exclude torch \
+        > /reqs/requirements.txt
+
+# --- dependency layers ---------------------------------------------------------------------
+FROM system AS runtime
+ARG DEVICE
 # torch first and alone: the largest layer, and the one whose source differs (CPU / CUDA
 # index, or a local wheel).
 ARG TORCH_CUDA=cu128
 ARG TORCH_INDEX_URL=
 ARG TORCH_WHEEL=
 ARG PIP_INDEX_URL=https://pypi.org/simple
-COPY pyproject.toml /tmp/build/pyproject.toml
-COPY container/requirements.py /tmp/build/requirements.py
+COPY --from=requirements /reqs/torch.txt /tmp/build/torch.txt
 RUN --mount=type=bind,source=container/wheels,target=/tmp/wheels \
     --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    torch_req="$(python3 /tmp/build/requirements.py /tmp/build/pyproject.toml --only torch)"; \
     if [ -n "$TORCH_WHEEL" ]; then \
         [ -f "/tmp/wheels/$TORCH_WHEEL" ] || { echo "TORCH_WHEEL=$TORCH_WHEEL is not in container/wheels/" >&2; exit 1; }; \
         pip install --index-url "$PIP_INDEX_URL" "/tmp/wheels/$TORCH_WHEEL"; \
@@ -105,15 +117,13 @@ RUN --mount=type=bind,source=container/wheels,target=/tmp/wheels \
             *) echo "DEVICE must be cpu or gpu, not $DEVICE" >&2; exit 1 ;; \
         esac; \
         # --index-url, not --extra-index-url: PyPI's torch is the CUDA build (GBs).
-        pip install --index-url "$index" "$torch_req"; \
+        pip install --index-url "$index" -r /tmp/build/torch.txt; \
     fi; \
     python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 
-ARG EXTRAS=train
+COPY --from=requirements /reqs/requirements.txt /tmp/build/requirements.txt
 RUN --mount=type=bind,source=container/wheels,target=/tmp/wheels \
     --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    python3 /tmp/build/requirements.py /tmp/build/pyproject.toml --extras "$EXTRAS" --exclude torch \
-        > /tmp/build/requirements.txt; \
     # setuptools/wheel: the editable install below builds without network (no isolation).
     pip install --index-url "$PIP_INDEX_URL" --find-links /tmp/wheels \
         -r /tmp/build/requirements.txt "setuptools>=68,<81" wheel; \

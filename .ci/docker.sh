@@ -19,12 +19,14 @@
 #                    layer is reused; delete it to start clean.
 #   T5S_REGISTRY_PORT  loopback registry port             [5000]
 #   T5S_IMAGE        tag to build                         [t5serving:ci]
-# After docker_up: DOCKER_HOST and DOCKER (the client matching this engine) are exported.
+# After docker_up: DOCKER_HOST, DOCKER (the client matching this engine) and T5S_REGISTRY
+# (127.0.0.1:5000) are exported; after docker_build also T5S_IMAGE.
 
 T5S_DOCKER_RUN="${T5S_DOCKER_RUN:-/run/t5serving-docker}"
 T5S_DOCKER_DATA="${T5S_DOCKER_DATA:-/var/cache/t5serving/docker}"
 T5S_REGISTRY_PORT="${T5S_REGISTRY_PORT:-5000}"
-T5S_REGISTRY_DATA="${T5S_REGISTRY_DATA:-$T5S_DOCKER_RUN/registry-data}"
+# Registry blobs are per run (deleted by docker_down): a push test must really upload.
+T5S_REGISTRY_DATA="${T5S_REGISTRY_DATA:-/var/tmp/t5serving-registry}"
 T5S_BASE_IMAGE="${T5S_BASE_IMAGE:-t5serving-base:bookworm}"
 T5S_IMAGE="${T5S_IMAGE:-t5serving:ci}"
 T5S_TORCH_WHEEL_SRC="${T5S_TORCH_WHEEL_SRC:-/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl}"
@@ -91,6 +93,7 @@ docker_up() {
 
 registry_up() {
   local pidf="$T5S_DOCKER_RUN/registry.pid"
+  export T5S_REGISTRY="127.0.0.1:$T5S_REGISTRY_PORT"
   if _pid_alive "$pidf"; then _dlog "registry already running"; return 0; fi
   mkdir -p "$T5S_REGISTRY_DATA"
   cat >"$T5S_DOCKER_RUN/registry.yml" <<EOF
@@ -117,7 +120,6 @@ EOF
   if ! curl -fsS "http://127.0.0.1:$T5S_REGISTRY_PORT/v2/" >/dev/null 2>&1; then
     _dlog "registry did not come up"; tail -20 "$T5S_DOCKER_RUN/registry.log" >&2; return 1
   fi
-  export T5S_REGISTRY="127.0.0.1:$T5S_REGISTRY_PORT"
   _dlog "registry up at $T5S_REGISTRY"
 }
 
@@ -142,6 +144,7 @@ docker_down() {
     [[ -n "$ids" ]] && "$DOCKER" rm -f $ids >/dev/null 2>&1 || true
   fi
   _stop_pidfile registry "$T5S_DOCKER_RUN/registry.pid" 10
+  rm -rf "$T5S_REGISTRY_DATA"
   # dockerd stops the containerd it started itself.
   _stop_pidfile dockerd "$T5S_DOCKER_RUN/dockerd.pid" 30
 }
@@ -163,6 +166,10 @@ docker_build() {
     CA_CERTS_FROM=/usr/local/share/ca-certificates "${wheel_args[@]}" \
     DOCKER_BUILD_FLAGS="--network=host"
   _dlog "image $T5S_IMAGE built in $((SECONDS - t0)) s (docker setup + build $((SECONDS - start)) s)"
+  # The data root persists between CI runs: drop superseded images and cap the build cache
+  # so it cannot grow without bound (the current dependency layers stay cached).
+  "$DOCKER" image prune -f >/dev/null
+  "$DOCKER" builder prune -f --keep-storage 6gb >/dev/null
   export T5S_IMAGE
 }
 
@@ -176,9 +183,9 @@ docker_test() {
 docker_all() {
   local rc=0
   docker_up || return 1
-  # Always stop the engine and registry, also when the build or the tests fail.
-  trap 'docker_down' RETURN
-  docker_build && docker_test || rc=$?
+  { docker_build && docker_test; } || rc=$?
+  # Always stop the engine and registry, also when the build or the tests failed.
+  docker_down
   return $rc
 }
 
@@ -191,7 +198,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     base) docker_up; DOCKER="$DOCKER" CACHE_DIR="$T5S_CACHE/base" bash container/build-base.sh "$T5S_BASE_IMAGE" ;;
     build) docker_up; docker_build ;;
     test) docker_up; docker_test ;;
-    all) docker_all ;;
+    all) trap 'docker_down' INT TERM; docker_all ;;
     *) echo "usage: $0 up|down|base|build|test|all" >&2; exit 2 ;;
   esac
 fi

@@ -19,8 +19,9 @@ TORCH_WHEEL ?=
 CA_CERTS_FROM ?=
 # A model directory inside the repo to bake into /opt/ml/model (Kubernetes without S3).
 BAKE_MODEL_DIR ?=
-# Project extras installed in the image; train is needed by `docker run IMAGE train`.
-IMAGE_EXTRAS ?= train
+# Project extras installed in the image: train for `docker run IMAGE train`, ctranslate2 for
+# ENGINE=ctranslate2 (the CPU fast path; PyPI's wheel also carries CUDA support).
+IMAGE_EXTRAS ?= train,ctranslate2
 # Extra flags for docker build, e.g. --network=host, --pull, --no-cache.
 DOCKER_BUILD_FLAGS ?=
 BASE_TAG ?= t5serving-base:bookworm

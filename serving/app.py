@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -270,6 +271,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
         s = settings
         return JSONResponse({
             "version": __version__,
+            "git_sha": os.environ.get("T5SERVING_GIT_SHA"),  # set by the image build
             "status": runtime.state.status,
             "model": runtime.state.info,
             "load_seconds": runtime.state.load_seconds,
@@ -350,6 +352,15 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             raise ServingError(400, "too_many_inputs",
                                f"{len(items)} dialogues in one request; the limit is "
                                f"{settings.max_items_per_request} (MAX_ITEMS_PER_REQUEST): split the request")
+        validate = getattr(runtime.engine, "validate", None)
+        if validate is not None:  # engine-specific limits (e.g. a parameter it cannot honour)
+            try:
+                validate(items)
+            except Exception as exc:
+                mapped = client_error_from(exc)
+                if mapped is None:
+                    raise
+                raise mapped from None
         pin_request_adapters(runtime, items, request.headers)  # 404/400 before queueing; no-op single-model
         tokens = runtime.engine.count_tokens([item["inputs"] for item in items])
         for index, n in enumerate(tokens):

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import REPO, metric_value, running_server, wait_for
+from tests.helpers import REPO, metric_value, running_server, wait_for, wait_for_state
 
 SCRIPT = '''
 import importlib.util, os, time
@@ -76,13 +76,8 @@ def test_ping_is_503_until_loaded_and_warmed(scripted_model, tmp_path):
 
 def test_failed_load_keeps_ping_503_with_the_reason(scripted_model, tmp_path):
     with running_server(scripted_model, tmp_path, env(TEST_LOAD_FAIL=1), wait=False) as server:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            body = wait_for(server.url, "/ping", status=503, process=server.process).json()
-            if body["status"] == "failed":
-                break
-            time.sleep(0.1)
-        assert body["status"] == "failed" and "corrupt" in body["detail"]
+        ping = wait_for_state(server.url, "failed", process=server.process)
+        assert ping.status_code == 503 and "corrupt" in ping.json()["detail"]
         response = post(server.url, "hello")
         assert response.status_code == 503 and "failed to load" in response.json()["detail"]
         assert "Traceback" not in response.text

@@ -7,9 +7,6 @@ import conftest under every pytest import mode); this file only prepares model f
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +35,7 @@ class PackagedModel:
 
 
 @pytest.fixture(scope="session")
-def packaged_model(tmp_path_factory: pytest.TempPathFactory) -> PackagedModel:
+def packaged_model(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> PackagedModel:
     """A tiny random model packaged the way SageMaker receives it.
 
     model.tar.gz holds the LoRA adapter (adapter_config.json + weights at the top level), the
@@ -47,12 +44,7 @@ def packaged_model(tmp_path_factory: pytest.TempPathFactory) -> PackagedModel:
     mounted at the same place.
     """
     root = tmp_path_factory.mktemp("sm-model")
-    base = root / "base"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "serving.devmodel", str(base), "--shape", "tiny",
-                           "--adapter"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, f"serving.devmodel failed: {proc.stderr[-2000:]}"
+    base = tiny_model_dir  # tests/conftest.py: a random tiny T5 with its LoRA adapter in adapter/
     adapter = base / "adapter"
     assert (adapter / "adapter_config.json").is_file(), "devmodel wrote no adapter_config.json"
     # The container's uid 1000 reads the base through a bind mount.

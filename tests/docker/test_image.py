@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -32,7 +33,8 @@ TEST_LABEL = "t5serving.test"  # .ci/docker.sh's docker_down removes leftovers b
 # adapter_sha256, members); not imported because test modules cannot import conftest.
 PackagedModel = Any
 
-pytestmark = pytest.mark.docker
+# Every test that needs the engine carries @docker; the pure ones run in the fast suite too.
+docker_mark = pytest.mark.docker
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -151,8 +153,53 @@ def post_json(url: str, payload: object) -> tuple[int, dict[str, str], object]:
 DIALOGUE = "#Person1#: Did you finish the report? #Person2#: Yes, I sent it this morning."
 
 
+# --- build inputs (no engine needed) --------------------------------------------------------
+
+def _requirements_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("image_requirements", REPO_ROOT / "container" / "requirements.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_requirements_split_torch_from_the_rest_of_pyproject() -> None:
+    req = _requirements_script()
+    pyproject = REPO_ROOT / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text())["project"]
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "container" / "requirements.py"), str(pyproject),
+                          "--extras", "train", "--exclude", "torch"], capture_output=True, text=True, check=True)
+    rest = out.stdout.split()
+    assert not any(req.requirement_name(r) == "torch" for r in rest)
+    assert set(rest) == {r for r in project["dependencies"] if req.requirement_name(r) != "torch"} | set(
+        project["optional-dependencies"]["train"])
+    only = subprocess.run([sys.executable, str(REPO_ROOT / "container" / "requirements.py"), str(pyproject),
+                           "--only", "torch"], capture_output=True, text=True, check=True).stdout.split()
+    assert only == [r for r in project["dependencies"] if req.requirement_name(r) == "torch"]
+    # Every pin the image installs is exact (==), so image and CI resolve the same set.
+    assert all("==" in r for r in project["dependencies"])
+
+
+def test_requirements_fallback_parser_agrees_with_tomllib() -> None:
+    # Bases with Python 3.10 (no tomllib) use the fallback; it must read pyproject identically.
+    req = _requirements_script()
+    text = (REPO_ROOT / "pyproject.toml").read_text()
+    expected = tomllib.loads(text)["project"]
+    parsed = req._fallback_parse(text)["project"]
+    assert parsed["dependencies"] == expected["dependencies"]
+    assert parsed["optional-dependencies"] == expected["optional-dependencies"]
+
+
+def test_requirements_reject_an_unknown_extra() -> None:
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "container" / "requirements.py"),
+                           str(REPO_ROOT / "pyproject.toml"), "--extras", "no-such-extra"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "no-such-extra" in proc.stderr and "train" in proc.stderr
+
+
 # --- the image itself --------------------------------------------------------------------
 
+@docker_mark
 def test_runs_as_non_root_user(image: str) -> None:
     user = docker("image", "inspect", "-f", "{{.Config.User}}", image).stdout.strip()
     # Numeric, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
@@ -162,6 +209,7 @@ def test_runs_as_non_root_user(image: str) -> None:
     assert uid == user.split(":")[0] and uid != "0"
 
 
+@docker_mark
 def test_serve_and_train_are_on_path_and_default_command_is_serve(image: str) -> None:
     cmd = json.loads(docker("image", "inspect", "-f", "{{json .Config.Cmd}}", image).stdout)
     entrypoint = json.loads(docker("image", "inspect", "-f", "{{json .Config.Entrypoint}}", image).stdout)
@@ -174,6 +222,7 @@ def test_serve_and_train_are_on_path_and_default_command_is_serve(image: str) ->
     assert "/serve" in out and "/train" in out and "--model-dir" in out
 
 
+@docker_mark
 def test_environment_suits_sagemaker_and_read_only_root(image: str) -> None:
     env = dict(line.split("=", 1) for line in json.loads(
         docker("image", "inspect", "-f", "{{json .Config.Env}}", image).stdout))
@@ -186,6 +235,7 @@ def test_environment_suits_sagemaker_and_read_only_root(image: str) -> None:
     assert model_files == [], f"a model is baked in by default: {model_files}"
 
 
+@docker_mark
 def test_oci_labels_carry_version_and_git_revision(image: str) -> None:
     labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", image).stdout)
     version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -196,6 +246,7 @@ def test_oci_labels_carry_version_and_git_revision(image: str) -> None:
 
 # --- SageMaker hosting contract against the container ---------------------------------------
 
+@docker_mark
 def test_model_tar_gz_layout(packaged_model: PackagedModel) -> None:
     names = set(packaged_model.members)
     assert {"adapter_config.json", "code/inference.py"} <= names
@@ -203,6 +254,7 @@ def test_model_tar_gz_layout(packaged_model: PackagedModel) -> None:
     assert any(n.startswith("tokenizer") for n in names), names
 
 
+@docker_mark
 def test_ping_and_info_name_the_mounted_adapter(server: Container, packaged_model: PackagedModel) -> None:
     status, _, body = http("GET", f"{server.url}/ping")
     assert status == 200 and json.loads(body) == {"status": "ready"}
@@ -215,6 +267,7 @@ def test_ping_and_info_name_the_mounted_adapter(server: Container, packaged_mode
     assert info["model"].get("handler_script", "/opt/ml/model/code/inference.py") == "/opt/ml/model/code/inference.py"
 
 
+@docker_mark
 def test_invocation_returns_one_summary_per_dialogue(server: Container) -> None:
     status, headers, body = post_json(f"{server.url}/invocations",
                                       {"inputs": [DIALOGUE, DIALOGUE + " #Person1#: Thanks."],
@@ -225,6 +278,7 @@ def test_invocation_returns_one_summary_per_dialogue(server: Container) -> None:
     assert all(isinstance(s, str) for s in body["summaries"])
 
 
+@docker_mark
 def test_bad_json_is_a_400_json_error(server: Container) -> None:
     status, _, body = http("POST", f"{server.url}/invocations", b"{not json",
                            {"Content-Type": "application/json"})
@@ -233,6 +287,7 @@ def test_bad_json_is_a_400_json_error(server: Container) -> None:
     assert error["error"] and error["detail"], error
 
 
+@docker_mark
 def test_metrics_expose_t5serving_series(server: Container) -> None:
     post_json(f"{server.url}/invocations", {"inputs": DIALOGUE, "parameters": {"max_new_tokens": 4}})
     status, _, body = http("GET", f"{server.url}/metrics")
@@ -242,6 +297,7 @@ def test_metrics_expose_t5serving_series(server: Container) -> None:
         assert series in text, f"{series} missing from /metrics"
 
 
+@docker_mark
 def test_host_contract_suite_passes_against_the_container(server: Container) -> None:
     """The lead's host-side contract tests (tests/contract), pointed at the container."""
     suite = REPO_ROOT / "tests" / "contract"
@@ -257,6 +313,7 @@ def test_host_contract_suite_passes_against_the_container(server: Container) -> 
 
 # --- platform behaviour ------------------------------------------------------------------
 
+@docker_mark
 def test_read_only_root_filesystem_still_serves(image: str, packaged_model: PackagedModel) -> None:
     # What the Kubernetes manifests do: readOnlyRootFilesystem plus an emptyDir at /tmp.
     container = start_server(image, packaged_model, "--read-only", "--tmpfs", "/tmp:rw,mode=1777")
@@ -269,6 +326,7 @@ def test_read_only_root_filesystem_still_serves(image: str, packaged_model: Pack
         docker("rm", "-f", container.cid, check=False)
 
 
+@docker_mark
 def test_docker_stop_exits_promptly_on_sigterm(image: str, packaged_model: PackagedModel) -> None:
     container = start_server(image, packaged_model)
     try:
@@ -294,6 +352,7 @@ def _registry() -> str:
     return registry
 
 
+@docker_mark
 def test_push_to_registry_and_pull_back(image: str) -> None:
     registry = _registry()
     image_id = docker("image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
@@ -352,6 +411,7 @@ def _run_train(image: str, ml: Path, base: Path) -> subprocess.CompletedProcess:
                   image, "train", check=False, timeout=900)
 
 
+@docker_mark
 def test_train_writes_an_adapter_with_sagemaker_layout(image: str, packaged_model: PackagedModel,
                                                        tmp_path: Path) -> None:
     _require_train_script(image)
@@ -364,8 +424,22 @@ def test_train_writes_an_adapter_with_sagemaker_layout(image: str, packaged_mode
                                   f"{failure.read_text() if failure.exists() else '(none)'}\n{proc.stderr[-3000:]}")
     assert (ml / "model" / "adapter_config.json").is_file(), sorted(p.name for p in (ml / "model").iterdir())
     assert not failure.exists()
+    # What training leaves in /opt/ml/model is what SageMaker tars into model.tar.gz: the same
+    # image must serve it as is.
+    trained = SimpleNamespace(model_dir=ml / "model", base_dir=base)
+    container = start_server(image, trained)
+    try:
+        status, _, body = post_json(f"{container.url}/invocations",
+                                    {"inputs": DIALOGUE, "parameters": {"max_new_tokens": 4}})
+        assert status == 200 and len(body["summaries"]) == 1, body
+        info = json.loads(http("GET", f"{container.url}/info")[2])["model"]
+        assert info["adapter"] == "/opt/ml/model" and info["adapter_sha256"], info
+        assert info["adapter_sha256"] != packaged_model.adapter_sha256, "served the untrained adapter"
+    finally:
+        docker("rm", "-f", container.cid, check=False)
 
 
+@docker_mark
 def test_train_with_a_bad_hyperparameter_writes_failure(image: str, packaged_model: PackagedModel,
                                                         tmp_path: Path) -> None:
     _require_train_script(image)
