@@ -1,5 +1,5 @@
 # Many LoRA adapters on one base (docs/adapters.md).
-.PHONY: test-adapters bench-adapters serve-adapters
+.PHONY: test-adapters bench-adapters bench-adapters-kernel serve-adapters
 
 test-adapters: ## Tests of multi-adapter serving and the SageMaker MME routes (tiny model, ~1.5 min)
 	PYTHONPATH=. $(PY) -m pytest -q tests/test_adapters.py tests/test_multi_model.py
@@ -9,3 +9,6 @@ bench-adapters: ## Mixed vs grouped vs merged adapters on FLAN-T5-base's shape (
 
 serve-adapters: devmodel ## Serve the tiny model's base with its adapter preloaded, per-request adapters on
 	MULTI_ADAPTER=true $(VENV)/bin/serve --host $(HOST) --port $(PORT) --model-dir $(DEV_MODEL_DIR)/adapter
+
+bench-adapters-kernel: ## peft's mixed-LoRA loop vs the stacked kernel, in-process (takes /tmp/bench.lock)
+	PYTHONPATH=. flock /tmp/bench.lock $(PY) -m benchmarks.bench_adapters_kernel
