@@ -8,6 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # torch must be the CPU build on machines without a GPU: a plain `torch` pulls several GB of CUDA.
+# Empty it where pip already finds a CPU wheel (CI: a local wheel directory) or cannot reach it.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= ctranslate2,train,loadtest,dev,sagemaker-toolkit
 
@@ -25,8 +26,8 @@ help: ## List targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "pip<26"
-	$(PIP) install -q --extra-index-url $(TORCH_INDEX) torch==2.13.0
-	$(PIP) install -q --extra-index-url $(TORCH_INDEX) -e ".[$(EXTRAS)]"
+	$(PIP) install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch==2.13.0
+	$(PIP) install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv with the server, tests and tools (CPU torch)

@@ -54,7 +54,8 @@ class UnsupportedAcceptError(InputError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Generation parameters: name -> (type, default, minimum, maximum). Ranges keep one request from
+# Generation parameters: name -> (type, default, minimum, maximum). The two limits come from the
+# environment (documented with the server's settings) so the same file works under AWS's toolkit. Ranges keep one request from
 # monopolising the model (max_new_tokens, num_beams) and reject values generate() would
 # silently misuse (temperature 0 with sampling, top_p outside (0, 1]).
 # ---------------------------------------------------------------------------------------------

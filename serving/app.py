@@ -105,7 +105,7 @@ class Runtime:
         s = self.settings
         self.batcher = Batcher(self.engine, self.metrics, max_batch_size=s.max_batch_size,
                                max_batch_tokens=s.max_batch_tokens, max_batch_delay_ms=s.max_batch_delay_ms,
-                               max_queue_size=s.max_queue_size)
+                               max_queue_size=s.max_queue_size, length_aware=s.length_aware_batching)
         self.batcher.start()
         if self.state.status == "loading":
             self.state.status = "ready"
@@ -265,6 +265,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             "load_seconds": runtime.state.load_seconds,
             "batching": {"max_batch_size": s.max_batch_size, "max_batch_tokens": s.max_batch_tokens,
                          "max_batch_delay_ms": s.max_batch_delay_ms, "max_queue_size": s.max_queue_size,
+                         "length_aware_batching": s.length_aware_batching,
                          "request_timeout_s": s.request_timeout_s},
             "limits": {"max_payload_mb": s.max_payload_mb, "max_items_per_request": s.max_items_per_request,
                        "max_input_tokens": s.max_input_tokens},

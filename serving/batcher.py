@@ -70,13 +70,14 @@ def parameters_key(item: Item) -> str:
 
 class Batcher:
     def __init__(self, engine: Engine, metrics: Metrics, *, max_batch_size: int, max_batch_tokens: int,
-                 max_batch_delay_ms: float, max_queue_size: int) -> None:
+                 max_batch_delay_ms: float, max_queue_size: int, length_aware: bool = True) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_delay = max_batch_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
+        self.length_aware = length_aware
         self._pending: list[WorkItem] = []
         self._arrival = asyncio.Event()
         self._idle = asyncio.Event()
@@ -166,6 +167,8 @@ class Batcher:
     def select_batch(self) -> list[WorkItem]:
         """The oldest item plus its nearest neighbours in length, within the size/token limits."""
         oldest = self._pending[0]
+        if not self.length_aware:
+            return self._select_in_arrival_order(oldest.group)
         group = sorted((w for w in self._pending if w.group == oldest.group), key=lambda w: w.tokens)
         lo = hi = group.index(oldest)
         longest = oldest.tokens
@@ -189,6 +192,16 @@ class Batcher:
             else:
                 hi += 1
         return group[lo:hi + 1]
+
+    def _select_in_arrival_order(self, group_key: str) -> list[WorkItem]:
+        batch: list[WorkItem] = []
+        for w in self._pending:
+            if w.group != group_key:
+                continue
+            if batch and (len(batch) >= self.max_batch_size or self._padded([*batch, w]) > self.max_batch_tokens):
+                break
+            batch.append(w)
+        return batch
 
     def _drop_expired(self, now: float) -> None:
         expired = [w for w in self._pending if w.deadline <= now]

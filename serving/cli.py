@@ -7,7 +7,7 @@ import os
 import runpy
 import sys
 
-from serving.settings import REPO_ROOT, SettingsError, load_settings
+from serving.settings import REPO_ROOT, SettingsError, describe, load_settings_with_sources
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -16,12 +16,20 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", help="model dir, s3:// URI or hub id (env MODEL_DIR)")
     parser.add_argument("--host", help="bind address (env HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (env SAGEMAKER_BIND_TO_PORT, default 8080)")
+    parser.add_argument("--config", help="YAML file of settings (env SERVING_CONFIG); the environment "
+                        "overrides it, flags override both")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print every setting's effective value and where it came from, then exit")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(model_dir=args.model_dir, host=args.host, port=args.port)
+        settings, sources = load_settings_with_sources(config_file=args.config, model_dir=args.model_dir,
+                                                       host=args.host, port=args.port)
     except SettingsError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(describe(settings, sources))
+        return 0
     from serving.server import run
 
     return run(settings)

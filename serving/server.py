@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -61,6 +62,7 @@ class DrainingServer(uvicorn.Server):
 
 def run(settings: Settings) -> int:
     configure_logging(settings.log_level)
+    os.environ.update(settings.as_environment())
     app = create_app(settings)
     runtime = app.state.runtime
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,

@@ -85,6 +85,15 @@ class Settings:
         "512; longer inputs cost quadratic attention time and pad every batch they join.",
         minimum=1)
 
+    max_new_tokens_limit: int = _knob(
+        "MAX_NEW_TOKENS_LIMIT", 512,
+        "Largest max_new_tokens a request may ask for (400 above it). Generation time grows "
+        "linearly with it and a long request holds its whole batch.", minimum=1)
+    default_max_new_tokens: int = _knob(
+        "DEFAULT_MAX_NEW_TOKENS", 128,
+        "max_new_tokens when a request does not say. DialogSum summaries are 20-60 tokens; a "
+        "lower default bounds the cost of requests that forget to set it.", minimum=1)
+
     # --- dynamic batching -------------------------------------------------------------
     max_batch_size: int = _knob(
         "MAX_BATCH_SIZE", 16,
@@ -102,6 +111,11 @@ class Settings:
         "anyway. Higher fills batches at low load at the cost of that much added latency; "
         "under load batches fill while the model is busy and this wait rarely applies.",
         minimum=0, maximum=10_000)
+    length_aware_batching: bool = _knob(
+        "LENGTH_AWARE_BATCHING", True,
+        "Build each batch from the queued items nearest in length to the oldest one. Off, a "
+        "batch takes items in arrival order: simpler to reason about, but a mix of short and long "
+        "dialogues pads every short one to the longest (up to 2x the compute).")
     max_queue_size: int = _knob(
         "MAX_QUEUE_SIZE", 256,
         "Most items waiting for the model. Beyond it requests get 503 with Retry-After at once "
@@ -154,6 +168,17 @@ class Settings:
             return SAGEMAKER_MODEL_DIR
         return self.model_id
 
+    def as_environment(self) -> dict[str, str]:
+        """Every set knob as its environment variable. The model script reads some of them
+        (DEVICE, TORCH_DTYPE, MAX_INPUT_TOKENS, ...) from the environment, as it must under
+        AWS's toolkit too, so values from a config file are exported before it loads."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[f.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -187,7 +212,8 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
         else:
             value = raw or None if "None" in kind else raw
     except ValueError:
-        expected = "true or false" if kind.startswith("bool") else f"a {kind.split()[0]}"
+        expected = ("true or false" if kind.startswith("bool") else
+                    "an integer" if kind.startswith("int") else "a number")
         raise SettingsError(f"{env}={raw!r} is not valid: expected {expected}") from None
     choices = f.metadata["choices"]
     if choices and value not in choices:
@@ -200,18 +226,76 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
     return value
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment, then explicit overrides (e.g. CLI flags)."""
+CONFIG_FILE_ENV = "SERVING_CONFIG"
+
+
+def _read_config_file(path: str | Path) -> dict[str, str]:
+    """A YAML mapping of settings, keyed by field name (max_batch_size) or variable
+    (MAX_BATCH_SIZE). Values are parsed exactly like environment values."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must be a mapping of setting: value")
+    by_name = {f.name: f for f in dataclasses.fields(Settings)}
+    by_env = {f.metadata["env"]: f for f in dataclasses.fields(Settings)}
+    raw: dict[str, str] = {}
+    for key, value in data.items():
+        f = by_name.get(str(key)) or by_env.get(str(key))
+        if f is None:
+            raise SettingsError(f"config file {path}: unknown key {key!r}; known keys: "
+                                f"{', '.join(sorted(by_name))} (or their variables, e.g. MAX_BATCH_SIZE)")
+        if isinstance(value, (dict, list)):
+            raise SettingsError(f"config file {path}: {key} must be a single value")
+        raw[f.name] = "" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
+    return raw
+
+
+def load_settings_with_sources(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None,
+                               **overrides: Any) -> tuple[Settings, dict[str, str]]:
+    """Settings and where each value came from. Later sources win: default < config file
+    (SERVING_CONFIG or --config) < environment < command-line flags."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    sources = {f.name: "default" for f in dataclasses.fields(Settings)}
+    config_file = config_file or environ.get(CONFIG_FILE_ENV) or None
+    if config_file:
+        for name, raw in _read_config_file(config_file).items():
+            f = next(f for f in dataclasses.fields(Settings) if f.name == name)
+            try:
+                values[name] = _parse(f, raw)
+            except SettingsError as exc:
+                raise SettingsError(f"config file {config_file}: {exc}") from None
+            sources[name] = f"file {config_file}"
     for f in dataclasses.fields(Settings):
         raw = environ.get(f.metadata["env"])
         if raw is not None and raw != "":
             values[f.name] = _parse(f, raw)
+            sources[f.name] = f"env {f.metadata['env']}"
     for name, value in overrides.items():
         if value is not None:
             values[name] = value
-    return Settings(**values)
+            sources[name] = "command line"
+    return Settings(**values), sources
+
+
+def load_settings(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None,
+                  **overrides: Any) -> Settings:
+    """Settings from defaults, the optional config file, the environment and overrides."""
+    return load_settings_with_sources(environ, config_file, **overrides)[0]
+
+
+def describe(settings: Settings, sources: Mapping[str, str]) -> str:
+    """The effective configuration, one line per knob: variable, value, source."""
+    rows = [(f.metadata["env"], repr(getattr(settings, f.name)), sources.get(f.name, "default"))
+            for f in dataclasses.fields(Settings)]
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "\n".join(f"{env:<{width[0]}}  {value:<{width[1]}}  ({source})" for env, value, source in rows)
 
 
 def markdown_table() -> str:
@@ -229,5 +313,4 @@ if __name__ == "__main__":
     if "--markdown" in sys.argv:
         print(markdown_table())
     else:
-        for key, value in load_settings().public_dict().items():
-            print(f"{key}={value}")
+        print(describe(*load_settings_with_sources()))

@@ -1,0 +1,13 @@
+# Benchmarks: long, noisy-machine-aware runs that write results under benchmarks/results/.
+BENCH_MODEL_DIR ?= models/flan-t5-base
+BENCH_ARGS ?=
+
+.PHONY: bench bench-model
+
+$(BENCH_MODEL_DIR)/config.json: | install
+	$(PY) -m serving.devmodel $(BENCH_MODEL_DIR) --shape flan-t5-base --adapter
+
+bench-model: $(BENCH_MODEL_DIR)/config.json ## FLAN-T5-base-shaped random model (+ adapter) for benchmarks
+
+bench: bench-model ## Batching vs unbatched server vs in-process generate (minutes; results in benchmarks/results/)
+	$(PY) -m benchmarks.bench_batching --model-dir $(BENCH_MODEL_DIR) $(BENCH_ARGS)

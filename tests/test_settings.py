@@ -1,0 +1,82 @@
+"""One typed settings object: environment, optional YAML file, flags; bad values fail at start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from serving.settings import ENV_NAMES, Settings, SettingsError, load_settings, load_settings_with_sources
+from tests.helpers import REPO
+
+
+def test_defaults_and_sagemaker_names():
+    s = load_settings({})
+    assert s.port == 8080 and s.max_payload_mb == 6.0 and s.program == "inference.py"
+    assert {"SAGEMAKER_BIND_TO_PORT", "SAGEMAKER_PROGRAM", "SAGEMAKER_MAX_PAYLOAD_IN_MB"} <= ENV_NAMES
+
+
+def test_precedence_default_file_env_flag(tmp_path):
+    config = tmp_path / "serving.yaml"
+    config.write_text("max_batch_size: 8\nMAX_BATCH_DELAY_MS: 5\nwarmup: false\nmax_queue_size: 10\n")
+    settings, sources = load_settings_with_sources({"MAX_BATCH_SIZE": "12", "MAX_QUEUE_SIZE": "20"},
+                                                   config_file=config, max_queue_size=30)
+    assert (settings.max_batch_size, settings.max_batch_delay_ms, settings.warmup, settings.max_queue_size) == (12, 5.0, False, 30)
+    assert sources["max_batch_size"] == "env MAX_BATCH_SIZE"
+    assert sources["max_batch_delay_ms"] == f"file {config}"
+    assert sources["max_queue_size"] == "command line"
+    assert sources["request_timeout_s"] == "default"
+
+
+def test_config_file_from_environment(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("engine: torch\nlength_aware_batching: off\n")
+    assert load_settings({"SERVING_CONFIG": str(config)}).length_aware_batching is False
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"MAX_BATCH_SIZE": "lots"}, "MAX_BATCH_SIZE='lots' is not valid: expected an integer"),
+    ({"MAX_BATCH_SIZE": "0"}, "must be >= 1"),
+    ({"ENGINE": "tensorrt"}, "choose one of"),
+    ({"WARMUP": "maybe"}, "true or false"),
+    ({"SAGEMAKER_BIND_TO_PORT": "70000"}, "must be <= 65535"),
+])
+def test_bad_values_name_the_variable(env, needle):
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    assert needle in str(info.value)
+
+
+def test_unknown_or_malformed_file_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_batch_sise: 4\n")
+    with pytest.raises(SettingsError, match="unknown key 'max_batch_sise'"):
+        load_settings({}, config_file=bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(SettingsError, match="mapping"):
+        load_settings({}, config_file=bad)
+    with pytest.raises(SettingsError, match="config file"):
+        load_settings({}, config_file=tmp_path / "missing.yaml")
+
+
+def test_environment_export_round_trips():
+    s = load_settings({}, max_batch_size=7, warmup=False)
+    assert load_settings(s.as_environment()) == s
+
+
+def test_serve_print_config_and_start_failure(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("max_batch_size: 8\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "MAX_BATCH_DELAY_MS": "3"}
+    out = subprocess.run([sys.executable, "-m", "serving.cli", "--config", str(config), "--port", "9999",
+                          "--print-config"], env=env, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()}
+    assert "(file" in lines["MAX_BATCH_SIZE"] and "8" in lines["MAX_BATCH_SIZE"]
+    assert "(env MAX_BATCH_DELAY_MS)" in lines["MAX_BATCH_DELAY_MS"]
+    assert "(command line)" in lines["SAGEMAKER_BIND_TO_PORT"]
+    assert set(lines) == {f.metadata["env"] for f in Settings.__dataclass_fields__.values()}
+    bad = subprocess.run([sys.executable, "-m", "serving.cli"], env={**env, "MAX_QUEUE_SIZE": "-1"},
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert bad.returncode == 2 and "MAX_QUEUE_SIZE" in bad.stderr and "Traceback" not in bad.stderr
