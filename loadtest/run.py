@@ -19,11 +19,11 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,6 @@ class RunError(RuntimeError):
     """The run could not go ahead (server failed to start, Locust crashed)."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def loadavg() -> str:
     try:
         return Path("/proc/loadavg").read_text().strip()
@@ -58,60 +52,32 @@ def loadavg() -> str:
 # --------------------------------------------------------------------------------------------
 # Servers
 # --------------------------------------------------------------------------------------------
-class Server:
-    """`python -m serving.cli` on a free loopback port; stopped by its PID, never by name."""
-
-    def __init__(self, label: str, model_dir: str, env: dict[str, str], log_path: Path) -> None:
-        self.label, self.model_dir, self.port = label, model_dir, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        child_env = {**os.environ, **env, "HOST": "127.0.0.1",
-                     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-        child_env.pop("SAGEMAKER_BIND_TO_PORT", None)
-        self.env_overrides = env
-        self.log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "--model-dir", model_dir, "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            cwd=REPO_ROOT, env=child_env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RunError(f"server {self.label} exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if requests.get(self.url + "/ping", timeout=2).status_code == 200:
-                    return requests.get(self.url + "/info", timeout=5).json()
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise RunError(f"server {self.label} not ready after {timeout:.0f}s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+@dataclass
+class Started:
+    label: str
+    url: str
+    info: dict[str, Any]
 
 
 @contextlib.contextmanager
 def servers(specs: list[tuple[str, dict[str, str]]], model_dir: str, out_dir: Path,
-            timeout: float) -> Iterator[list[Server]]:
-    started: list[Server] = []
-    try:
-        for label, env in specs:  # all start at once: model loads overlap
-            started.append(Server(label, model_dir, env, out_dir / f"server-{label}.log"))
-        for server in started:
-            server.info = server.wait_ready(timeout)  # type: ignore[attr-defined]
+            timeout: float) -> Iterator[list[Started]]:
+    """Serve model_dir once per (label, env) on free loopback ports, with serving.launcher (the
+    way tests and benchmarks start it); all load at once, all are stopped by PID on exit."""
+    from serving.launcher import running_server, wait_for
+
+    with contextlib.ExitStack() as stack:
+        launched = [(label, stack.enter_context(running_server(model_dir, out_dir, env=env, wait=False)))
+                    for label, env in specs]
+        started = []
+        for label, server in launched:
+            try:
+                wait_for(server.url, timeout=timeout, process=server.process)
+                info = requests.get(server.url + "/info", timeout=10).json()
+            except (RuntimeError, TimeoutError, requests.RequestException) as exc:
+                raise RunError(f"server {label} did not become ready: {exc}; see {server.log_path}") from None
+            started.append(Started(label, server.url, info))
         yield started
-    finally:
-        for server in started:
-            server.stop()
 
 
 def ensure_devmodel(directory: Path, shape: str) -> Path:
@@ -187,14 +153,16 @@ def run_locust(cmd: list[str], out_dir: Path, timeout: float) -> None:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
+        except BaseException as exc:  # timeout, Ctrl-C, SIGTERM: stop Locust (by PID) before leaving
+            proc.send_signal(signal.SIGINT)  # Locust writes its CSV/HTML on SIGINT
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            raise RunError(f"Locust ran past {timeout:.0f}s and was stopped; see {out_dir / 'locust.log'}")
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise RunError(f"Locust ran past {timeout:.0f}s and was stopped; see {out_dir / 'locust.log'}") from None
+            raise
     if code != 0:
         tail = (out_dir / "locust.log").read_text(errors="replace")[-2000:]
         raise RunError(f"Locust exited with {code}; {out_dir / 'locust.log'} ends with:\n{tail}")
@@ -252,8 +220,15 @@ def _server_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def _terminate(signum: int, _frame: Any) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the servers and Locust this run started are stopped.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if argv is None:
+        signal.signal(signal.SIGTERM, _terminate)
     out_dir = args.out or REPO_ROOT / "loadtest" / "out" / time.strftime("%Y%m%d-%H%M%S")
     try:
         labels = ["default"]
@@ -311,12 +286,12 @@ def main(argv: list[str] | None = None) -> int:
             ("batching", server_env), ("nobatch", {**server_env, "MAX_BATCH_SIZE": "1"})]
         with servers(specs, model_dir, out_dir, args.ready_timeout) as started:
             targets = {s.label: s.url for s in started}
-            run_info["servers"] = {s.label: s.info for s in started}  # type: ignore[attr-defined]
-            run_info["model_note"] = model_note(started[0].info)  # type: ignore[attr-defined]
+            run_info["servers"] = {s.label: s.info for s in started}
+            run_info["model_note"] = model_note(started[0].info)
             run_info["targets_note"] = "; ".join(
-                f"{s.label}: served here, MAX_BATCH_SIZE={s.info['batching']['max_batch_size']}, "  # type: ignore[attr-defined]
-                f"MAX_BATCH_DELAY_MS={s.info['batching']['max_batch_delay_ms']:g}"  # type: ignore[attr-defined]
-                for s in started)
+                f"{s.label}: served here, batching {json.dumps(s.info.get('batching', {}))}"
+                + (f", limits {json.dumps(s.info.get('limits', {}))}" if i == 0 else "")
+                for i, s in enumerate(started))
             return _execute(args, targets, run_info, out_dir, run_time, planned, slo_labels)
     except RunError as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
