@@ -121,6 +121,8 @@ class Run:
             for url in self.targets.values():
                 check_url(url, allow_remote=options.allow_remote)
         else:
+            if not options.endpoint_name:
+                raise PlanError("--target sagemaker needs --endpoint-name")
             self.targets = {"sagemaker": f"sagemaker:{options.endpoint_name}"}
         stages = build_stages(parse_steps(options.steps), options.step_seconds, list(self.targets))
         check_bounds(stages, options.drain_timeout)

@@ -219,7 +219,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def steps_table(steps: list[StepStats]) -> str:
-    lines = ["| step | users | target | ok / sent | RPS | dialogues/s | p50 ms | p90 ms | p95 ms | p99 ms "
+    lines = ["| step | users | target | measured / sent | RPS | dialogues/s | p50 ms | p90 ms | p95 ms | p99 ms "
              "| error % | mean batch | queue wait mean / p95 ms |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in steps:
@@ -268,8 +268,9 @@ def render_markdown(steps: list[StepStats], run: dict[str, Any], violations: lis
              ("machine", run.get("machine")), ("git", run.get("git"))]
     out += [f"- {k}: `{v}`" if k in ("command", "git") else f"- {k}: {v}" for k, v in facts if v]
     out += ["", "## Steps", "", steps_table(steps), ""]
-    out += ["RPS, dialogues/s and latency percentiles: successful requests completed in each step's "
-            "measured window (after warm-up). Error %: every request the step sent. Mean batch and "
+    out += ["Measured: successful requests that completed in the step's window (after its warm-up); "
+            "RPS, dialogues/s and the latency percentiles come from them. Sent: every request the "
+            "step sent; error % is failures / sent. Mean batch and "
             "queue wait: the server's `t5serving_batch_size` / `t5serving_queue_wait_seconds` "
             "histograms between the scrapes at the window's edges (queue p95 is interpolated "
             "inside histogram buckets).", ""]

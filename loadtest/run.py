@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         planned = check_bounds(stages, args.drain_timeout)
         for url in filter(None, (args.target_url, args.baseline_url)):
             check_url(url, allow_remote=args.allow_remote)
+        if args.target == "sagemaker" and not args.endpoint_name:
+            raise PlanError("--target sagemaker needs --endpoint-name (make: ENDPOINT_NAME=...)")
         if args.baseline_url and not args.target_url:
             raise PlanError("--baseline-url needs --target-url")
         if args.compare and args.target_url:

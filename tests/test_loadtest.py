@@ -334,6 +334,42 @@ def test_locust_run_counts_failures_by_cause(fake_server: str, tmp_path: Path) -
     assert {"http_503:queue_full", "timeout"} <= errors
 
 
+def test_sagemaker_target_through_boto3_against_moto(tmp_path: Path) -> None:
+    """The same user class through boto3 invoke_endpoint; moto on loopback plays SageMaker."""
+    import os
+
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        # moto hands out the configured results in order, one per distinct request body.
+        requests.post(url + "/moto-api/static/sagemaker/endpoint-results", timeout=10, json={
+            "account_id": "123456789012", "region": "us-east-1",
+            "results": [{"Body": json.dumps({"summaries": ["a summary"]}), "ContentType": "application/json",
+                         "InvokedProductionVariant": "AllTraffic", "CustomAttributes": ""}] * 2000,
+        }).raise_for_status()
+        env = {**os.environ, "AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true", "PYTHONPATH": str(REPO)}
+        env.pop("AWS_PROFILE", None)
+        out = tmp_path / "sm"
+        proc = subprocess.run(
+            [sys.executable, "-m", "loadtest.run", "--target", "sagemaker", "--endpoint-name", "my-endpoint",
+             "--region", "us-east-1", "--steps", "2", "--step-seconds", "2", "--warmup-seconds", "0",
+             "--multi-fraction", "0", "--data", str(SAMPLE), "--out", str(out), "--slo-error-pct", "0"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = json.loads((out / "summary.json").read_text())["steps"][0]
+    assert step["target"] == "sagemaker" and step["measured"] > 0 and step["failed"] == 0
+    with (out / "locust_stats.csv").open() as fh:
+        assert "invoke_endpoint" in {row["Type"] for row in csv.DictReader(fh)}
+
+
 @pytest.mark.timeout(240)
 def test_make_loadtest_compare_end_to_end(tiny_adapter_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
