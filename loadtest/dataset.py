@@ -45,8 +45,9 @@ class Payload:
         return json.dumps(self.body, ensure_ascii=False).encode("utf-8")
 
 
-def load_dialogues(path: str | Path, limit: int | None = None) -> list[str]:
-    """The ``dialogue`` texts of a DialogSum-format JSONL file, in file order."""
+def load_dialogues(path: str | Path, limit: int | None = None, max_chars: int = 0) -> list[str]:
+    """The ``dialogue`` texts of a DialogSum-format JSONL file, in file order; with max_chars,
+    only those of at most that many characters."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dialogue file {path} does not exist; pass a DialogSum-format JSONL "
@@ -66,11 +67,13 @@ def load_dialogues(path: str | Path, limit: int | None = None) -> list[str]:
                                    'and "summary" (DialogSum format)')
             if not row["dialogue"].strip():
                 raise DatasetError(f"{path}:{number}: empty dialogue")
+            if max_chars and len(row["dialogue"]) > max_chars:
+                continue
             dialogues.append(row["dialogue"])
             if limit is not None and len(dialogues) >= limit:
                 break
     if not dialogues:
-        raise DatasetError(f"{path} holds no dialogues")
+        raise DatasetError(f"{path} holds no dialogues" + (f" of at most {max_chars} characters" if max_chars else ""))
     return dialogues
 
 

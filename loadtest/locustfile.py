@@ -65,6 +65,8 @@ def _add_options(parser) -> None:
                        help="allow a non-loopback http target (a deployment you own)")
     group.add_argument("--data", default="loadtest/data/sample.jsonl", env_var="LOADTEST_DATA",
                        help="DialogSum-format JSONL whose dialogues users send")
+    group.add_argument("--max-dialogue-chars", type=int, default=0, env_var="LOADTEST_MAX_DIALOGUE_CHARS",
+                       help="skip dialogues longer than this many characters (0: keep all)")
     group.add_argument("--steps", default="1,2,4,8,16,32", env_var="LOADTEST_STEPS",
                        help="concurrent users per step, comma-separated")
     group.add_argument("--step-seconds", type=float, default=30.0, env_var="LOADTEST_STEP_SECONDS",
@@ -127,7 +129,7 @@ class Run:
         stages = build_stages(parse_steps(options.steps), options.step_seconds, list(self.targets))
         check_bounds(stages, options.drain_timeout)
         STATE.configure(stages, options.drain_timeout)
-        self.factory = PayloadFactory(load_dialogues(options.data), max_new_tokens=options.max_new_tokens,
+        self.factory = PayloadFactory(load_dialogues(options.data, max_chars=options.max_dialogue_chars), max_new_tokens=options.max_new_tokens,
                                       multi_fraction=options.multi_fraction, max_items=options.max_items,
                                       profile=options.params_profile)
         self.log: RequestLog | None = None

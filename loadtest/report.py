@@ -9,9 +9,10 @@ latency.png, throughput.png, batching.png, timeline.png. Exit status 0, or 3 whe
 broke an SLO (each such step is named on stderr and in report.md), or 2 on unusable input.
 
 Per step (one stage: a user count against one target):
-- latency percentiles, RPS and dialogues/s come from successful requests that COMPLETED in
-  the step's measured window [start + warmup, end): the warm-up lets queues fill after the
-  user count changed, so the numbers describe the steady state;
+- latency percentiles come from successful requests that STARTED in the step's measured window
+  [start + warmup, end) (the drain after the step lets all of them finish); RPS and
+  dialogues/s from those that COMPLETED in it. The warm-up lets queues fill after the user
+  count changed, so the numbers describe the steady state;
 - error % counts every request the step SENT (warm-up included): a failure users saw is never
   excused as warm-up;
 - batch size and queue wait are deltas of the server's histograms between the /metrics scrapes
@@ -49,7 +50,7 @@ class StepStats:
     target: str
     window_s: float
     sent: int
-    measured: int                       # successful requests completed inside the window
+    measured: int                       # successful requests started inside the window (latency)
     failed: int
     error_pct: float
     rps: float | None
@@ -171,13 +172,18 @@ def step_stats(stages: list[dict[str, Any]], requests: list[dict[str, Any]],
         window = max(1e-9, w_end - w_start)
         sent = [r for r in requests if r["stage"] == stage["index"]]
         failed = [r for r in sent if not r["ok"]]
-        measured = [r for r in sent if r["ok"] and w_start <= r["t_end"] < w_end]
+        # Latency: requests that STARTED in the window. The drain lets every one of them finish,
+        # and with a FIFO queue a request's wait depends on the work ahead of it, which is steady
+        # state; counting by completion instead would drop the slowest (they end after the step).
+        measured = [r for r in sent if r["ok"] and w_start <= r["t_start"] < w_end]
+        # Throughput: what the server finished inside the window, a rate.
+        completed = [r for r in sent if r["ok"] and w_start <= r["t_end"] < w_end]
         latencies = [r["latency_ms"] for r in measured]
         stats = StepStats(
             stage=stage["index"], users=stage["users"], target=stage["label"], window_s=window,
             sent=len(sent), measured=len(measured), failed=len(failed),
             error_pct=100.0 * len(failed) / len(sent) if sent else 0.0,
-            rps=len(measured) / window, dialogues_per_s=sum(r["items"] for r in measured) / window,
+            rps=len(completed) / window, dialogues_per_s=sum(r["items"] for r in completed) / window,
             causes=dict(Counter(r["cause"] for r in failed)),
             header_mean_batch=_mean_of(measured, "batch_size"),
             header_mean_queue_ms=_mean_of(measured, "queue_ms"),
@@ -200,7 +206,7 @@ def slo_violations(steps: list[StepStats], p95_ms: float | None, error_pct: floa
             problems.append(f"{s.name}: error rate {s.error_pct:.2f}% > SLO {error_pct:g}% ({causes})")
         if p95_ms is not None:
             if s.p95_ms is None:
-                problems.append(f"{s.name}: no successful request completed in the measured window, "
+                problems.append(f"{s.name}: no request started in the measured window succeeded, "
                                 f"so p95 cannot meet the SLO of {p95_ms:g} ms")
             elif s.p95_ms > p95_ms:
                 problems.append(f"{s.name}: p95 {s.p95_ms:.0f} ms > SLO {p95_ms:g} ms")
@@ -223,8 +229,10 @@ def steps_table(steps: list[StepStats]) -> str:
              "| error % | mean batch | queue wait mean / p95 ms |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in steps:
-        batch = s.server_mean_batch if s.server_mean_batch is not None else s.header_mean_batch
-        queue_mean = s.server_queue_mean_ms if s.server_queue_mean_ms is not None else s.header_mean_queue_ms
+        # Response headers stand in only where /metrics was not scraped (SageMaker, --scrape-interval 0).
+        scraped = s.server_batches is not None
+        batch = s.server_mean_batch if scraped else s.header_mean_batch
+        queue_mean = s.server_queue_mean_ms if scraped else s.header_mean_queue_ms
         lines.append(
             f"| {s.stage} | {s.users} | {s.target} | {s.measured} / {s.sent} | {_f(s.rps, 2)} "
             f"| {_f(s.dialogues_per_s, 2)} | {_f(s.p50_ms)} | {_f(s.p90_ms)} | {_f(s.p95_ms)} | {_f(s.p99_ms)} "
@@ -268,9 +276,10 @@ def render_markdown(steps: list[StepStats], run: dict[str, Any], violations: lis
              ("machine", run.get("machine")), ("git", run.get("git"))]
     out += [f"- {k}: `{v}`" if k in ("command", "git") else f"- {k}: {v}" for k, v in facts if v]
     out += ["", "## Steps", "", steps_table(steps), ""]
-    out += ["Measured: successful requests that completed in the step's window (after its warm-up); "
-            "RPS, dialogues/s and the latency percentiles come from them. Sent: every request the "
-            "step sent; error % is failures / sent. Mean batch and "
+    out += ["Measured: successful requests that started in the step's window (after its warm-up; "
+            "the drain lets all of them finish); the latency percentiles come from them. RPS and "
+            "dialogues/s: successful requests completed inside the window, per second. Sent: every "
+            "request the step sent; error % is failures / sent. Mean batch and "
             "queue wait: the server's `t5serving_batch_size` / `t5serving_queue_wait_seconds` "
             "histograms between the scrapes at the window's edges (queue p95 is interpolated "
             "inside histogram buckets).", ""]
@@ -320,6 +329,13 @@ def make_plots(steps: list[StepStats], requests: list[dict[str, Any]], stages: l
         ax.set_xlabel("concurrent users")
         ax.grid(True, which="both", alpha=0.3)
 
+    def seconds_axis(ax) -> None:
+        # Log scale for latency, but plain numbers (0.5, 2, 30) instead of 5x10^-1.
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+
     def save(fig, name: str) -> None:
         fig.tight_layout()
         path = out_dir / name
@@ -337,7 +353,7 @@ def make_plots(steps: list[StepStats], requests: list[dict[str, Any]], stages: l
     if slo_p95_ms is not None:
         ax.axhline(slo_p95_ms / 1000, color="red", alpha=0.6, linewidth=1, label=f"p95 SLO {slo_p95_ms:g} ms")
     users_axis(ax)
-    ax.set_yscale("log")
+    seconds_axis(ax)
     ax.set_ylabel("latency, seconds (log)")
     ax.set_title(f"Latency percentiles vs concurrency\n{title}", fontsize=10)
     ax.legend(fontsize=8, ncol=max(1, len(targets)))
@@ -359,22 +375,25 @@ def make_plots(steps: list[StepStats], requests: list[dict[str, Any]], stages: l
 
     # Server-side batching: batch size and queue wait per step.
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.4))
+    waits = [v for s in steps for v in (s.server_queue_mean_ms, s.server_queue_p95_ms) if v is not None]
+    wait_scale, wait_unit = (1000.0, "s") if waits and max(waits) > 5000 else (1.0, "ms")
     for t in targets:
         x, y = series(t, "server_mean_batch")
-        if not x:
+        if not any(s.server_batches is not None for s in steps if s.target == t):
             x, y = series(t, "header_mean_batch")
         ax1.plot(x, y, "-", marker="o", color=colors[t], label=t)
         x, y = series(t, "server_queue_mean_ms")
-        ax2.plot(x, y, "-", marker="o", color=colors[t], label=f"{t} mean")
+        ax2.plot(x, [v / wait_scale for v in y], "-", marker="o", color=colors[t], label=f"{t} mean")
         x, y = series(t, "server_queue_p95_ms")
-        ax2.plot(x, y, "--", marker="^", color=colors[t], alpha=0.7, label=f"{t} p95 (bucketed)")
+        ax2.plot(x, [v / wait_scale for v in y], "--", marker="^", color=colors[t], alpha=0.7,
+                 label=f"{t} p95 (bucketed)")
     for ax in (ax1, ax2):
         users_axis(ax)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     ax1.set_ylabel("dialogues per generate call (mean)")
     ax1.set_title("Server batch size (t5serving_batch_size)", fontsize=10)
-    ax2.set_ylabel("queue wait, ms")
+    ax2.set_ylabel(f"queue wait, {wait_unit}")
     ax2.set_title("Server queue wait (t5serving_queue_wait_seconds)", fontsize=10)
     fig.suptitle(title, fontsize=9)
     save(fig, "batching.png")
@@ -397,9 +416,9 @@ def make_plots(steps: list[StepStats], requests: list[dict[str, Any]], stages: l
             ax.scatter([r["t_end"] - t0 for r in ok], [r["latency_ms"] / 1000 for r in ok], s=6,
                        color=colors[t], alpha=0.6, label=f"{t} ok")
             if bad:
-                ax.scatter([r["t_end"] - t0 for r in bad], [max(r["latency_ms"], 1) / 1000 for r in bad], s=18,
-                           marker="x", color="red", label=f"{t} failed")
-        ax.set_yscale("log")
+                ax.scatter([r["t_end"] - t0 for r in bad], [max(r["latency_ms"], 1) / 1000 for r in bad], s=40,
+                           marker="x", color=colors[t], linewidths=2, label=f"{t} failed")
+        seconds_axis(ax)
         ax.set_xlabel("seconds since start (shaded: steps, labelled by users; dotted: end of warm-up)")
         ax.set_ylabel("latency, seconds (log)")
         ax.set_title(f"Every request, by completion time\n{title}", fontsize=10)

@@ -133,6 +133,7 @@ def locust_command(args: argparse.Namespace, targets: dict[str, str], out_dir: P
            "--csv", str(out_dir / "locust"), "--csv-full-history", "--html", str(out_dir / "locust.html"),
            "--run-time", f"{run_time}s", "--exit-code-on-error", "0", "--loglevel", "WARNING",
            "--target", args.target, "--data", str(args.data), "--steps", args.steps,
+           "--max-dialogue-chars", str(args.max_dialogue_chars),
            "--step-seconds", str(args.step_seconds), "--drain-timeout", str(args.drain_timeout),
            "--max-new-tokens", str(args.max_new_tokens), "--params-profile", args.params_profile,
            "--multi-fraction", str(args.multi_fraction), "--max-items", str(args.max_items),
@@ -192,6 +193,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --target-url")
     load = p.add_argument_group("the load")
     load.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DialogSum-format JSONL")
+    load.add_argument("--max-dialogue-chars", type=int, default=0,
+                      help="skip dialogues longer than this (0: all); for dev tokenizers, see docs")
     load.add_argument("--steps", default="1,2,4,8,16,32", help="users per step")
     load.add_argument("--step-seconds", type=float, default=30.0, help="seconds each step sends requests")
     load.add_argument("--drain-timeout", type=float, default=60.0, help="most seconds a step may drain")
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PlanError("--baseline-url needs --target-url")
         if args.compare and args.target_url:
             raise PlanError("--compare starts its own two servers; with --target-url give --baseline-url instead")
-        dialogues = load_dialogues(args.data)
+        dialogues = load_dialogues(args.data, max_chars=args.max_dialogue_chars)
         server_env = _server_env(args.server_env)
     except (PlanError, DatasetError) as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
@@ -260,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     run_info: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": shlex.join(["python", "-m", "loadtest.run",
                                                                    *(sys.argv[1:] if argv is None else argv)]),
-        "data": f"{args.data} ({len(dialogues)} dialogues)", "request_mix": mix,
+        "data": f"{args.data} ({len(dialogues)} dialogues"
+                + (f" of at most {args.max_dialogue_chars} characters)" if args.max_dialogue_chars else ")"), "request_mix": mix,
         "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "steps": args.steps, "step_seconds": args.step_seconds, "planned_max_seconds": planned,
     }
@@ -306,7 +310,7 @@ def _execute(args: argparse.Namespace, targets: dict[str, str], run_info: dict[s
     servers_info = run_info.get("servers") or {}
     model = model_short(next(iter(servers_info.values()))) if servers_info else "model"
     run_info.setdefault("title", args.title or f"{model}; max_new_tokens={args.max_new_tokens}, "
-                                               f"'{args.params_profile}' parameters")
+                                               f"'{args.params_profile}' params")
     before = loadavg()
     cmd = locust_command(args, targets, out_dir, run_time)
     run_info["locust_command"] = shlex.join(cmd)

@@ -280,11 +280,14 @@ def test_step_numbers_and_slo_gate(tmp_path: Path, capsys) -> None:
     stages = [{"index": 0, "users": 1, "label": "batching", "seconds": 10.0, "start": 0.0, "end": 10.0},
               {"index": 1, "users": 1, "label": "nobatch", "seconds": 10.0, "start": 20.0, "end": 30.0}]
     rows = []
-    for i in range(8):  # batching: 8 ok in the window (t_end 2.5..9.5), latencies 100..800 ms
-        rows.append({"t_start": 1.5 + i, "t_end": 2.5 + i, "latency_ms": 100.0 * (i + 1), "stage": 0,
+    for i in range(8):  # batching: 8 ok, started and completed in the window [2, 10), 100..800 ms
+        rows.append({"t_start": 2.0 + i, "t_end": 2.5 + i, "latency_ms": 100.0 * (i + 1), "stage": 0,
                      "target": "batching", "ok": 1, "items": 2})
+    # Started in the window, finished during the drain: in the latency sample, not in throughput.
+    rows.append({"t_start": 9.5, "t_end": 12.0, "latency_ms": 2500.0, "stage": 0, "target": "batching",
+                 "ok": 1, "items": 1})
     rows.append({"t_start": 0.0, "t_end": 0.5, "latency_ms": 5000, "stage": 0, "target": "batching",
-                 "ok": 1, "items": 1})  # completed in warm-up: not measured
+                 "ok": 1, "items": 1})  # started in warm-up: not measured
     rows.append({"t_start": 0.1, "t_end": 0.2, "latency_ms": 100, "stage": 0, "target": "batching", "ok": 0,
                  "cause": "http_503:queue_full", "status": 503, "items": 1})  # a failure in warm-up counts
     for i in range(4):
@@ -294,22 +297,22 @@ def test_step_numbers_and_slo_gate(tmp_path: Path, capsys) -> None:
     steps, violations = report.build_report(tmp_path, warmup_s=2.0, slo_p95_ms=750, slo_error_pct=5,
                                             slo_labels=["batching"], plots=False)
     b, n = steps
-    assert (b.measured, b.sent, b.failed) == (8, 10, 1)
-    assert b.error_pct == pytest.approx(10.0)
+    assert (b.measured, b.sent, b.failed) == (9, 11, 1)
+    assert b.error_pct == pytest.approx(100 / 11)
     assert b.rps == pytest.approx(1.0) and b.dialogues_per_s == pytest.approx(2.0)
-    assert b.p50_ms == pytest.approx(450.0) and b.p95_ms == pytest.approx(765.0)
+    assert b.p50_ms == pytest.approx(500.0) and b.p95_ms == pytest.approx(1820.0)
     assert b.causes == {"http_503:queue_full": 1}
     assert n.dialogues_per_s == pytest.approx(1.0) and n.p95_ms == pytest.approx(1000.0)
     # Both gates broken on the gated target; the nobatch reference is not gated.
     assert len(violations) == 2 and all(v.startswith("step 0 (1 users, batching)") for v in violations)
     md = (tmp_path / "report.md").read_text()
-    assert "| 1 | 2.00 | 1.00 | 2.00x | 765 | 1000 | 0.77x |" in md
+    assert "| 1 | 2.00 | 1.00 | 2.00x | 1820 | 1000 | 1.82x |" in md
     assert "`http_503:queue_full`" in md
     with (tmp_path / "steps.csv").open() as fh:
         assert [r["target"] for r in csv.DictReader(fh)] == ["batching", "nobatch"]
     assert report.main([str(tmp_path), "--no-plots", "--warmup-seconds", "2", "--slo-p95-ms", "750"]) == 3
-    assert "SLO FAILED: step 0 (1 users, batching): p95 765 ms > SLO 750 ms" in capsys.readouterr().err
-    assert report.main([str(tmp_path), "--no-plots", "--warmup-seconds", "2", "--slo-p95-ms", "1000",
+    assert "SLO FAILED: step 0 (1 users, batching): p95 1820 ms > SLO 750 ms" in capsys.readouterr().err
+    assert report.main([str(tmp_path), "--no-plots", "--warmup-seconds", "2", "--slo-p95-ms", "2000",
                         "--slo-error-pct", "10"]) == 0
     assert report.main([str(tmp_path / "nothing")]) == 2
 
