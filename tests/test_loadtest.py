@@ -323,7 +323,7 @@ def test_step_numbers_and_slo_gate(tmp_path: Path, capsys) -> None:
 def test_locust_run_counts_failures_by_cause(fake_server: str, tmp_path: Path) -> None:
     out = tmp_path / "fake"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadtest.run", "--target-url", fake_server, "--steps", "2", "--step-seconds", "3",
+        [sys.executable, "-m", "loadtest.run", "--target-url", fake_server, "--steps", "2", "--step-seconds", "2",
          "--warmup-seconds", "0", "--request-timeout", "0.4", "--drain-timeout", "5", "--scrape-interval", "0",
          "--data", str(SAMPLE), "--out", str(out), "--slo-error-pct", "50"],
         cwd=REPO, capture_output=True, text=True, timeout=90)
@@ -378,7 +378,7 @@ def test_make_loadtest_compare_end_to_end(tiny_adapter_dir: Path, tmp_path: Path
     out = tmp_path / "run"
     venv = Path(sys.executable).parent.parent
     make = ["make", "--no-print-directory", "loadtest", f"VENV={venv}", f"MODEL_DIR={tiny_adapter_dir}",
-            "COMPARE=1", "LOADTEST_STEPS=1,2", "LOADTEST_STEP_S=3", "LOADTEST_WARMUP_S=0.5",
+            "COMPARE=1", "LOADTEST_STEPS=1,2", "LOADTEST_STEP_S=2.5", "LOADTEST_WARMUP_S=0.5",
             f"LOADTEST_DATA={SAMPLE}", f"LOADTEST_OUT={out}", "LOADTEST_MAX_NEW_TOKENS=8",
             "SLO_P95_MS=0.001", "LOADTEST_ARGS=--scrape-interval 0.5"]
     proc = subprocess.run(make, cwd=REPO, capture_output=True, text=True, timeout=200)
