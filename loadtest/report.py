@@ -311,7 +311,7 @@ def make_plots(steps: list[StepStats], requests: list[dict[str, Any]], stages: l
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    title = textwrap.fill(title, 100)
+    title = textwrap.fill(title, 80)
     targets = list(dict.fromkeys(s.target for s in steps))
     colors = {t: plt.get_cmap("tab10")(i) for i, t in enumerate(targets)}
     users_ticks = sorted({s.users for s in steps})
