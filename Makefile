@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip
 # torch must be the CPU build on machines without a GPU: a plain `torch` pulls several GB of CUDA.
 # Empty it where pip already finds a CPU wheel (CI: a local wheel directory) or cannot reach it.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-EXTRAS ?= ctranslate2,train,loadtest,dev,sagemaker-toolkit
+EXTRAS ?= ctranslate2,train,tracking,loadtest,dev,browser,sagemaker-toolkit
 
 HOST ?= 127.0.0.1
 PORT ?= 8080
@@ -43,8 +43,10 @@ devmodel: $(DEV_MODEL_DIR)/config.json ## Write a tiny random T5 (+ LoRA adapter
 serve-dev: devmodel ## Serve the tiny random model's adapter (offline; output text is meaningless)
 	$(VENV)/bin/serve --host $(HOST) --port $(PORT) --model-dir $(DEV_MODEL_DIR)/adapter
 
-test: install ## The whole test suite (what CI runs)
-	$(PY) -m pytest -q
+PYTEST_ARGS ?=
+
+test: install ## The whole test suite (what CI runs; Docker tests skip without an engine)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install ## Tests that need neither Docker nor the SageMaker toolkit
 	$(PY) -m pytest -q -m "not docker and not slow"

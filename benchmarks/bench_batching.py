@@ -29,51 +29,9 @@ from pathlib import Path
 
 import httpx
 
-from serving.launcher import REPO, metric_value, running_server
-
-DIALOGSUM_DEV = REPO.parent / "shared" / "data" / "dialogsum" / "dialogsum.dev.jsonl"
-SAMPLE = REPO / "data" / "sample" / "dialogues.jsonl"
-
-
-def load_dialogues() -> tuple[list[str], str]:
-    for path in (DIALOGSUM_DEV, SAMPLE):
-        if path.is_file():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            return [r["dialogue"] for r in rows], str(path)
-    raise SystemExit(f"no dialogues found at {DIALOGSUM_DEV} or {SAMPLE}")
-
-
-def fixed_length_inputs(tokenizer, dialogues: list[str], n_tokens: int, count: int) -> list[str]:
-    """Texts of ~n_tokens tokens each: dialogues concatenated, cut at n_tokens, decoded."""
-    text = "\n".join(dialogues)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    out, step = [], max(1, (len(ids) - n_tokens) // max(1, count))
-    for i in range(count):
-        chunk = ids[(i * step) % max(1, len(ids) - n_tokens):][: n_tokens - 1]
-        out.append(tokenizer.decode(chunk))
-    return out
-
-
-def at_real_t5_length(tokenizer, dialogue: str) -> str:
-    """The dialogue cut to about as many tokens as FLAN-T5's own tokenizer would give it.
-
-    The dev model's locally trained tokenizer has a few hundred pieces, so it splits English into
-    ~2.5x more tokens than FLAN-T5's 32k vocabulary (about 4 characters a token). Cutting each
-    dialogue to len/4 of our tokens keeps DialogSum's real length distribution in tokens, which
-    is what batching and padding costs depend on.
-    """
-    ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
-    return tokenizer.decode(ids[: min(511, max(8, len(dialogue) // 4))])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
+from benchmarks.common import (REPO, at_real_t5_length, fixed_length_inputs, load_dialogues, loadavg,
+                               percentile)
+from serving.launcher import metric_value, running_server
 
 def drive(url: str, texts: list[str], concurrency: int, params: dict, timeout: float) -> dict:
     """Closed loop: `concurrency` clients send the texts (one per request) until all are done."""
@@ -137,10 +95,6 @@ def in_process(model_dir: str, texts: list[str], batch_size: int, params: dict, 
         rates.append(len(items) / (time.perf_counter() - started))
     del bundle
     return {"batch_size": batch_size, "throughput_per_s": statistics.median(rates), "runs": rates}
-
-
-def loadavg() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def main(argv: list[str] | None = None) -> int:

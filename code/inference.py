@@ -130,11 +130,11 @@ def _item(text: Any, parameters: Any, where: str) -> dict[str, Any]:
     return {"inputs": text, "parameters": validate_parameters(parameters)}
 
 
-def _items_from_object(obj: Any, where: str) -> list[dict[str, Any]]:
+def _items_from_object(obj: Any, where: str, strict: bool = True) -> list[dict[str, Any]]:
     if not isinstance(obj, dict):
         raise InputError(f'{where}: expected a JSON object like {{"inputs": "...", "parameters": {{}}}}')
     unknown = sorted(set(obj) - {"inputs", "dialogue", "parameters"})
-    if unknown:
+    if unknown and strict:
         raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; send \"inputs\" and optional \"parameters\"")
     text = obj.get("inputs", obj.get("dialogue"))
     if text is None:
@@ -167,7 +167,9 @@ def input_fn(body: bytes | str, content_type: str = JSON) -> list[dict[str, Any]
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"line {number} is not valid JSON: {exc.msg}") from None
-            items.extend(_items_from_object(obj, f"line {number}"))
+            # Records in JSON lines files (batch transform, DialogSum exports) carry metadata
+            # such as "summary" or "fname": ignored there, refused in a single JSON request.
+            items.extend(_items_from_object(obj, f"line {number}", strict=False))
         return items
     if media == TEXT:
         return [_item(text, None, "body")]
@@ -209,18 +211,44 @@ def _pick_dtype(device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[wanted]
 
 
+def _hub_unreachable(location: str) -> str | None:
+    """Why the hub cannot be reached, found in seconds, or None when it may be.
+
+    Without this, transformers retries for about a minute before failing on a machine with no
+    network. Skipped offline (the cache may hold the model) and behind a proxy."""
+    if Path(location).exists() or os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HTTPS_PROXY") \
+            or os.environ.get("https_proxy"):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        return f"{host}:443 is unreachable ({exc})"
+    return None
+
+
+def _offline_error(location: str, reason: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load {location!r} from the Hugging Face Hub ({reason}). If this machine has no "
+        "network access, serve a local model instead: MODEL_DIR=/path/to/model (a "
+        "save_pretrained dir or a LoRA adapter dir), or make a random test model with "
+        "`python -m serving.devmodel models/tiny --shape tiny --adapter`.")
+
+
 def _from_pretrained(loader, location: str, **kwargs):
+    unreachable = _hub_unreachable(location)
+    if unreachable:
+        raise _offline_error(location, unreachable)
     try:
         return loader.from_pretrained(location, **kwargs)
     except OSError as exc:
         if Path(location).exists():
             raise ModelLoadError(f"could not load {location!r}: {exc}") from exc
-        raise ModelLoadError(
-            f"could not load {location!r} from the Hugging Face Hub ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). If this machine has no "
-            "network access, serve a local model instead: MODEL_DIR=/path/to/model (a "
-            "save_pretrained dir or a LoRA adapter dir), or make a random test model with "
-            "`python -m serving.devmodel models/tiny --shape tiny --adapter`.") from exc
+        raise _offline_error(location, f"{exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}") from exc
 
 
 def _weights_sha256(directory: Path) -> str:
@@ -281,6 +309,9 @@ def model_fn(model_dir: str) -> dict[str, Any]:
         model = _from_pretrained(AutoModelForSeq2SeqLM, location, dtype=dtype)
         tokenizer = _from_pretrained(AutoTokenizer, location)
         info.update(model=location, base_model=location, adapter="", adapter_sha256="")
+    # serving.devmodel marks its random models; the demo page and /info then say that output
+    # text is meaningless.
+    info["dev_model"] = any((Path(p) / "DEV_MODEL.txt").is_file() for p in (directory, info["base_model"]))
     model.to(device)
     model.eval()
     info["parameters"] = sum(p.numel() for p in model.parameters())

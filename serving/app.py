@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import __version__
@@ -35,7 +37,8 @@ logger = logging.getLogger("t5serving.app")
 access_log = logging.getLogger("t5serving.access")
 
 ROUTES = ("/ping", "/invocations", "/execution-parameters", "/health/live", "/health/ready",
-          "/metrics", "/info")
+          "/metrics", "/info", "/stats")
+DEMO_PAGE = Path(__file__).parent / "static" / "demo.html"
 WARMUP_BODY = b'{"inputs": "#Person1#: Hello. #Person2#: Hi, how are you?", "parameters": {"max_new_tokens": 4}}'
 
 
@@ -64,7 +67,9 @@ class Runtime:
         self.handlers = handlers
         self.engine = engine
         self.batcher: Batcher | None = None
+        self.inflight = 0
         self.metrics.ready.set(0)
+        self.metrics.queue_capacity.set(settings.max_queue_size)
 
     def begin_drain(self) -> None:
         if self.state.status == "ready":
@@ -260,6 +265,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
         s = settings
         return JSONResponse({
             "version": __version__,
+            "git_sha": os.environ.get("T5SERVING_GIT_SHA"),  # set by the image build
             "status": runtime.state.status,
             "model": runtime.state.info,
             "load_seconds": runtime.state.load_seconds,
@@ -271,6 +277,24 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
                        "max_input_tokens": s.max_input_tokens},
         }, headers={"Cache-Control": "no-store"})
 
+    @app.get("/stats")
+    async def stats() -> JSONResponse:
+        """A small live snapshot for the demo page (Prometheus has the full picture)."""
+        batcher = runtime.batcher
+        batches = batcher.batches_run if batcher else 0
+        return JSONResponse({
+            "status": runtime.state.status, "queue_depth": batcher.depth if batcher else 0,
+            "inflight_requests": runtime.inflight,
+            "batches_run": batches, "items_run": batcher.items_run if batcher else 0,
+            "mean_batch_size": (batcher.items_run / batches) if batches else 0.0,
+            "max_batch_size": settings.max_batch_size, "max_batch_delay_ms": settings.max_batch_delay_ms,
+        }, headers={"Cache-Control": "no-store"})
+
+    if settings.demo_page:
+        @app.get("/", include_in_schema=False)
+        async def demo() -> FileResponse:
+            return FileResponse(DEMO_PAGE, media_type="text/html")
+
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
         request_id = (request.headers.get("x-amzn-requestid") or request.headers.get("x-request-id")
@@ -278,6 +302,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
         request.state.request_id = request_id
         arrived = time.monotonic()
         log: dict[str, Any] = {"request_id": request_id, "route": "/invocations"}
+        runtime.inflight += 1
         runtime.metrics.inflight.inc()
         try:
             response = await _invoke(request, request_id, arrived, log)
@@ -285,6 +310,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             response = error_response(exc.status_code, exc.error, exc.detail, headers=exc.headers)
             log["error"] = exc.error
         finally:
+            runtime.inflight -= 1
             runtime.metrics.inflight.dec()
         response.headers["X-Request-Id"] = request_id
         log.update(status=response.status_code, total_ms=round((time.monotonic() - arrived) * 1000, 1))
@@ -319,6 +345,15 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             raise ServingError(400, "too_many_inputs",
                                f"{len(items)} dialogues in one request; the limit is "
                                f"{settings.max_items_per_request} (MAX_ITEMS_PER_REQUEST): split the request")
+        validate = getattr(runtime.engine, "validate", None)
+        if validate is not None:  # engine-specific limits (e.g. a parameter it cannot honour)
+            try:
+                validate(items)
+            except Exception as exc:
+                mapped = client_error_from(exc)
+                if mapped is None:
+                    raise
+                raise mapped from None
         tokens = runtime.engine.count_tokens([item["inputs"] for item in items])
         for index, n in enumerate(tokens):
             if n > settings.max_input_tokens:

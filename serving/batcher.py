@@ -87,6 +87,7 @@ class Batcher:
         self._accepting = True
         self.busy_since: float | None = None
         self.batches_run = 0
+        self.items_run = 0
 
     # -- public API used by the HTTP layer ----------------------------------------------------
     @property
@@ -173,21 +174,15 @@ class Batcher:
         lo = hi = group.index(oldest)
         longest = oldest.tokens
         while hi - lo + 1 < self.max_batch_size:
-            left = group[lo - 1] if lo > 0 else None
-            right = group[hi + 1] if hi + 1 < len(group) else None
-            if left is None and right is None:
+            size = hi - lo + 2
+            neighbours = [(side, group[i]) for side, i in (("left", lo - 1), ("right", hi + 1))
+                          if 0 <= i < len(group) and max(longest, group[i].tokens) * size <= self.max_batch_tokens]
+            if not neighbours:
                 break
-            # Prefer the neighbour whose length is closer to the anchor's: least padding added.
-            take_left = right is None or (left is not None and oldest.tokens - left.tokens <= right.tokens - oldest.tokens)
-            candidate = left if take_left else right
-            new_longest = max(longest, candidate.tokens)
-            if new_longest * (hi - lo + 2) > self.max_batch_tokens:
-                if take_left and right is not None and max(longest, right.tokens) * (hi - lo + 2) <= self.max_batch_tokens:
-                    candidate, take_left, new_longest = right, False, max(longest, right.tokens)
-                else:
-                    break
-            longest = new_longest
-            if take_left:
+            # The neighbour closest in length to the oldest item adds the least padding.
+            side, chosen = min(neighbours, key=lambda n: abs(n[1].tokens - oldest.tokens))
+            longest = max(longest, chosen.tokens)
+            if side == "left":
                 lo -= 1
             else:
                 hi += 1
@@ -261,6 +256,7 @@ class Batcher:
             self.busy_since = None
         compute = time.monotonic() - start
         self.batches_run += 1
+        self.items_run += len(batch)
         outputs = [r.get("output_tokens", 0) for r in results if isinstance(r, dict)]
         self.metrics.observe_batch(
             size=len(batch), real_tokens=sum(w.tokens for w in batch), padded_tokens=self._padded(batch),

@@ -30,6 +30,9 @@ class Engine(Protocol):
     def generate(self, items: list[Item]) -> list[Prediction | BaseException]:
         """One batched generation; one prediction (or the item's own exception) per item."""
 
+    # Optional: ``validate(items) -> None`` raises (with a 4xx ``status_code``) for items the
+    # engine cannot honour, so the client hears it at admission rather than after queueing.
+
 
 class ScriptEngine:
     """The torch engine: the user script's model_fn, predict_fn and count_tokens_fn."""
@@ -71,4 +74,9 @@ def create_engine(engine_name: str, handlers: Handlers, model_dir: str, settings
     """The engine named by ENGINE. New engines register here."""
     if engine_name == "torch":
         return ScriptEngine(handlers, model_dir)
+    if engine_name == "ctranslate2":
+        # Imported here: ctranslate2 is an optional extra that the torch engine does not need.
+        from serving.ctranslate2_engine import CTranslate2Engine
+
+        return CTranslate2Engine(handlers, model_dir, settings)
     raise ValueError(f"unknown engine {engine_name!r}")

@@ -74,6 +74,24 @@ def wait_for(url: str, path: str = "/ping", status: int = 200, timeout: float = 
     raise TimeoutError(f"{url}{path} did not answer {status} within {timeout}s (last: {last!r})")
 
 
+def wait_for_state(url: str, state: str, timeout: float = 120,
+                   process: subprocess.Popen | None = None) -> httpx.Response:
+    """Poll /ping until its JSON status is `state` (loading, ready, failed, draining)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = httpx.get(url + "/ping", timeout=5)
+            if response.json().get("status") == state:
+                return response
+        except httpx.HTTPError:
+            pass
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before /ping said {state}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/ping did not report {state!r} within {timeout}s")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def running_server(model_dir: str | Path, tmp_path: Path, env: dict[str, str] | None = None,
                    wait: bool = True) -> Iterator[ServerProcess]:

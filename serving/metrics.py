@@ -48,6 +48,8 @@ class Metrics:
                                       registry=r)
         self.output_tokens = Counter(f"{p}_output_tokens", "Tokens generated.", registry=r)
         self.queue_depth = Gauge(f"{p}_queue_depth", "Items waiting for the model.", registry=r)
+        self.queue_capacity = Gauge(f"{p}_queue_capacity", "MAX_QUEUE_SIZE: items the queue holds before 503s.",
+                                    registry=r)
         self.inflight = Gauge(f"{p}_inflight_requests", "Invocation requests being handled.", registry=r)
         self.rejected = Counter(f"{p}_rejected_requests", "Requests refused with 503, by reason.",
                                 ["reason"], registry=r)

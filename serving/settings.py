@@ -129,7 +129,30 @@ class Settings:
 
     # --- model runtime ----------------------------------------------------------------
     engine: str = _knob(
-        "ENGINE", "torch", "Inference engine behind the batcher.", choices=("torch",))
+        "ENGINE", "torch",
+        "Inference engine behind the batcher. torch runs the handler script's model_fn and "
+        "predict_fn (any model the script loads). ctranslate2 runs the LoRA-merged model "
+        "converted to CTranslate2 (3-4x the CPU throughput with int8, see docs/ctranslate2.md); "
+        "it keeps the script's input_fn and output_fn but not its model_fn or predict_fn.",
+        choices=("torch", "ctranslate2"))
+    compute_type: str = _knob(
+        "COMPUTE_TYPE", "auto",
+        "ENGINE=ctranslate2 only: weight and activation types. auto is int8 on CPU and "
+        "int8_float16 on GPU. int8 is the fastest on CPU (about 1.5x float32) and a quarter of "
+        "the weight memory, at a small accuracy cost; float32 reproduces the torch engine token "
+        "for token; int8_float32 equals int8 on CPU. float16 and bfloat16 (and their int8_ "
+        "forms) need a GPU; bf16 avoids fp16 overflow on large activations.",
+        choices=("auto", "int8", "int8_float32", "float32", "float16", "int8_float16",
+                 "bfloat16", "int8_bfloat16"))
+    ct2_inter_threads: int = _knob(
+        "CT2_INTER_THREADS", 1,
+        "ENGINE=ctranslate2 only: batches computed in parallel. The batcher sends one batch at a "
+        "time, so more only adds memory (one model replica per thread).", minimum=1, maximum=64)
+    ct2_intra_threads: int = _knob(
+        "CT2_INTRA_THREADS", 0,
+        "ENGINE=ctranslate2 only: CPU threads per batch; 0 uses CTranslate2's default (derived "
+        "from the cores it sees). Set it to the container's CPU limit when the host has more cores "
+        "than the pod may use, or throughput drops from oversubscription.", minimum=0, maximum=256)
     device: str = _knob(
         "DEVICE", "auto", "auto picks CUDA when present, else CPU.", choices=("auto", "cpu", "cuda"))
     dtype: str = _knob(
@@ -140,6 +163,11 @@ class Settings:
         "WARMUP", True,
         "Run one short generate before reporting ready, so the first real request does not "
         "pay for lazy initialisation and /ping proves the model can generate.")
+
+    demo_page: bool = _knob(
+        "DEMO_PAGE", True,
+        "Serve the demo page at / (a form that calls /invocations, plus live stats). Turn it off "
+        "in production: it is harmless, but an endpoint should expose only what it needs.")
 
     # --- lifecycle --------------------------------------------------------------------
     graceful_shutdown_s: float = _knob(
@@ -298,8 +326,21 @@ def describe(settings: Settings, sources: Mapping[str, str]) -> str:
     return "\n".join(f"{env:<{width[0]}}  {value:<{width[1]}}  ({source})" for env, value, source in rows)
 
 
+DOC_HEADER = """# Configuration
+
+Generated from `serving/settings.py` by `make docs`; a test fails when this file is stale.
+
+Precedence: default < config file (`serve --config FILE` or `SERVING_CONFIG`, YAML keyed by field
+name or variable) < environment < command-line flags. `serve --print-config` prints the effective
+values and their sources. The server exports every value to its environment before loading the
+model script, which reads `DEVICE`, `TORCH_DTYPE`, `MAX_INPUT_TOKENS`, `BASE_MODEL_DIR` /
+`BASE_MODEL_ID` and the generation limits from there (as it must under AWS's toolkit too).
+
+"""
+
+
 def markdown_table() -> str:
-    lines = ["| variable | default | what it trades |", "|---|---|---|"]
+    lines = [DOC_HEADER + "| variable | default | what it trades |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
         default = f.default if f.default is not None else "(unset)"
         doc = f.metadata["doc"]

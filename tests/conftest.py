@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+# Fake-AWS fixtures (moto server on loopback, fake credentials, closed proxy) for every test.
+from deploy.testing import aws_env, moto, moto_server  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

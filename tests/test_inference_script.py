@@ -112,7 +112,7 @@ def test_validate_parameters_rejects(raw, needle):
 
 def test_input_fn_formats():
     assert inference.input_fn(b'{"inputs": "a"}', "application/json")[0]["inputs"] == "a"
-    lines = b'{"dialogue": "a"}\n\n{"inputs": ["b", "c"], "parameters": {"num_beams": 2}}\n'
+    lines = b'{"dialogue": "a", "summary": "x", "fname": "dev_1"}\n\n{"inputs": ["b", "c"], "parameters": {"num_beams": 2}}\n'
     items = inference.input_fn(lines, "application/jsonlines")
     assert [i["inputs"] for i in items] == ["a", "b", "c"] and items[2]["parameters"]["num_beams"] == 2
     assert inference.input_fn("plain dialogue", "text/plain")[0]["inputs"] == "plain dialogue"
@@ -129,3 +129,12 @@ def test_output_fn_formats():
     assert [json.loads(line)["summary"] for line in lines] == ["one", "two"]
     with pytest.raises(inference.UnsupportedAcceptError):
         inference.output_fn(predictions, "text/html")
+
+
+def test_unreachable_hub_fails_fast_without_retrying(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")  # loopback port nobody serves
+    with pytest.raises(inference.ModelLoadError, match="127.0.0.1:443 is unreachable"):
+        inference.model_fn("google/flan-t5-base")

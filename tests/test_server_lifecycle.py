@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import REPO, metric_value, running_server, wait_for
+from tests.helpers import REPO, metric_value, running_server, wait_for, wait_for_state
 
 SCRIPT = '''
 import importlib.util, os, time
@@ -76,13 +76,8 @@ def test_ping_is_503_until_loaded_and_warmed(scripted_model, tmp_path):
 
 def test_failed_load_keeps_ping_503_with_the_reason(scripted_model, tmp_path):
     with running_server(scripted_model, tmp_path, env(TEST_LOAD_FAIL=1), wait=False) as server:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            body = wait_for(server.url, "/ping", status=503, process=server.process).json()
-            if body["status"] == "failed":
-                break
-            time.sleep(0.1)
-        assert body["status"] == "failed" and "corrupt" in body["detail"]
+        ping = wait_for_state(server.url, "failed", process=server.process)
+        assert ping.status_code == 503 and "corrupt" in ping.json()["detail"]
         response = post(server.url, "hello")
         assert response.status_code == 503 and "failed to load" in response.json()["detail"]
         assert "Traceback" not in response.text
@@ -101,6 +96,10 @@ def test_poisoned_item_does_not_fail_its_batch_neighbours(scripted_model, tmp_pa
         batched = [json.loads(r.headers["x-batch-size"]) for i, r in enumerate(responses) if i != 1]
         assert max(batched) > 1, "the good items must have shared a batch with the poisoned one"
         assert post(server.url, "#Person1#: still serving?").status_code == 200
+        entries = [e for e in server.access_log() if e.get("route") == "/invocations"]
+        ok = [e for e in entries if e["status"] == 200]
+        assert ok and all({"request_id", "queue_ms", "compute_ms", "batch_size", "items"} <= set(e) for e in ok)
+        assert any(e["status"] == 500 and e.get("error") == "model_error" for e in entries)
 
 
 def test_full_queue_gives_503_with_retry_after(scripted_model, tmp_path):

@@ -80,3 +80,10 @@ def test_serve_print_config_and_start_failure(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "serving.cli"], env={**env, "MAX_QUEUE_SIZE": "-1"},
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and "MAX_QUEUE_SIZE" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_configuration_docs_are_generated_from_the_settings():
+    from serving.settings import markdown_table
+
+    assert (REPO / "docs" / "configuration.md").read_text().strip() == markdown_table().strip(), \
+        "docs/configuration.md is stale: run `make docs`"

@@ -1,7 +1,10 @@
-"""The hosting-contract suite runs against any server: by default one started here on the tiny
-model's adapter; with CONTRACT_BASE_URL set, an already running one (the container, a pod).
+"""The hosting-contract suite runs against any server.
 
-CONTRACT_ENGINE (e.g. ctranslate2) starts the local server with that ENGINE.
+By default it runs three times, against a server started here on the tiny model's adapter with
+each engine: torch, CTranslate2 float32 and CTranslate2 int8 (the batcher, routes and validation
+must not care which engine serves). With CONTRACT_BASE_URL set it targets one already running
+server instead (the container, a pod); CONTRACT_ENGINE=torch|ctranslate2-float32|... picks one
+local engine.
 """
 
 from __future__ import annotations
@@ -14,20 +17,33 @@ import pytest
 
 from tests.helpers import running_server, wait_for
 
+ENGINES = {
+    "torch": {"ENGINE": "torch"},
+    "ctranslate2-float32": {"ENGINE": "ctranslate2", "COMPUTE_TYPE": "float32"},
+    "ctranslate2-int8": {"ENGINE": "ctranslate2", "COMPUTE_TYPE": "int8"},
+}
 
-@pytest.fixture(scope="session")
-def base_url(tiny_adapter_dir, tmp_path_factory) -> Iterator[str]:
-    external = os.environ.get("CONTRACT_BASE_URL")
-    if external:
-        wait_for(external.rstrip("/"), timeout=300)
-        yield external.rstrip("/")
+
+def _targets() -> list[str]:
+    if os.environ.get("CONTRACT_BASE_URL"):
+        return ["external"]
+    chosen = os.environ.get("CONTRACT_ENGINE")
+    return [chosen] if chosen else list(ENGINES)
+
+
+@pytest.fixture(scope="session", params=_targets())
+def base_url(request, tiny_adapter_dir, tmp_path_factory) -> Iterator[str]:
+    if request.param == "external":
+        external = os.environ["CONTRACT_BASE_URL"].rstrip("/")
+        wait_for(external, timeout=300)
+        yield external
         return
-    env = {}
-    if os.environ.get("CONTRACT_ENGINE"):
-        env["ENGINE"] = os.environ["CONTRACT_ENGINE"]
+    if request.param.startswith("ctranslate2"):
+        pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
     # A little batching delay makes concurrent requests reliably share batches on a busy CI box.
-    env.setdefault("MAX_BATCH_DELAY_MS", "50")
-    with running_server(tiny_adapter_dir, tmp_path_factory.mktemp("contract"), env=env) as server:
+    env = {**ENGINES[request.param], "MAX_BATCH_DELAY_MS": "50",
+           "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("model-cache"))}
+    with running_server(tiny_adapter_dir, tmp_path_factory.mktemp(f"contract-{request.param}"), env=env) as server:
         yield server.url
 
 

@@ -1,0 +1,63 @@
+"""Workloads and statistics shared by the benchmarks (batching, CTranslate2, adapters)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+# DialogSum is read in place from the shared folder beside the checkout, never copied here.
+DIALOGSUM_DEV = Path(os.environ.get("DIALOGSUM_DEV", REPO.parent / "shared" / "data" / "dialogsum" / "dialogsum.dev.jsonl"))
+SAMPLE = REPO / "data" / "sample" / "train.jsonl"
+
+
+def load_dialogues() -> tuple[list[str], str]:
+    """DialogSum dev dialogues, or the project's own hand-written sample where DialogSum is absent."""
+    for path in (DIALOGSUM_DEV, SAMPLE):
+        if path.is_file():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return [r["dialogue"] for r in rows], str(path)
+    raise SystemExit(f"no dialogues found at {DIALOGSUM_DEV} (set DIALOGSUM_DEV) or {SAMPLE}")
+
+
+def fixed_length_inputs(tokenizer: Any, dialogues: list[str], n_tokens: int, count: int) -> list[str]:
+    """Texts of n_tokens tokens (EOS included), cut from the concatenated dialogues."""
+    ids = tokenizer("\n".join(dialogues), add_special_tokens=False)["input_ids"]
+    out, step = [], max(1, (len(ids) - n_tokens) // max(1, count))
+    for i in range(count):
+        start = i * step
+        chunk = ids[start:start + n_tokens - 1]
+        text = tokenizer.decode(chunk)
+        # Decoding and re-encoding can merge pieces; trim until it is exact.
+        while len(tokenizer(text)["input_ids"]) > n_tokens:
+            chunk = chunk[:-1]
+            text = tokenizer.decode(chunk)
+        out.append(text)
+    return out
+
+
+def at_real_t5_length(tokenizer: Any, dialogue: str) -> str:
+    """The dialogue cut to about as many tokens as FLAN-T5's own tokenizer would give it.
+
+    The dev model's locally trained tokenizer has a few hundred pieces, so it splits English into
+    ~2.5x more tokens than FLAN-T5's 32k vocabulary (about 4 characters a token). Cutting each
+    dialogue to len/4 of our tokens keeps DialogSum's real length distribution in tokens, which
+    is what batching and padding costs depend on.
+    """
+    ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids[: min(511, max(8, len(dialogue) // 4))])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]

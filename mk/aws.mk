@@ -1,0 +1,68 @@
+# AWS targets (docs/aws.md). Included by the main Makefile after its shared variables.
+#   make push       [REGISTRY=host:port]           tag + push $(IMAGE_NAME):$(IMAGE_TAG) (ECR by default)
+#   make package    [PACKAGE_MODEL_DIR=dir] [MODEL_S3_URI=s3://bucket/prefix]
+#   make deploy     ENDPOINT_NAME=... SAGEMAKER_ROLE_ARN=... [IMAGE_URI=...] [MODEL_DATA=...]
+#   make invoke     ENDPOINT_NAME=... [INVOKE_TEXT=...|INVOKE_FILE=x.jsonl] [ENDPOINT_URL=http://127.0.0.1:8080]
+#   make endpoint-status / endpoint-delete ENDPOINT_NAME=...
+# IMAGE_NAME / IMAGE_TAG / IMAGE come from mk/image.mk; they are only read inside recipes here
+# (this file is included first, alphabetically), so its defaults always win.
+# Every other setting is an environment variable of `python -m deploy` (docs/aws.md lists
+# them all); a variable given on make's command line reaches the recipe's environment.
+
+AWS_OUT ?= build/aws
+# Empty: <account>.dkr.ecr.<region>.amazonaws.com of the caller (via STS).
+REGISTRY ?=
+# What make package ships. The dev model's adapter + its base (under base/) by default.
+PACKAGE_MODEL_DIR ?= $(DEV_MODEL_DIR)/adapter
+PACKAGE_BASE_DIR ?= $(if $(filter $(DEV_MODEL_DIR)/adapter,$(PACKAGE_MODEL_DIR)),$(DEV_MODEL_DIR))
+# Empty: build model.tar.gz only. s3://bucket/prefix: also upload (content-addressed key).
+MODEL_S3_URI ?=
+# Container environment for make deploy: space-separated KEY=VALUE (names from serving/settings.py).
+DEPLOY_ENV ?=
+INVOKE_TEXT ?= \#Person1\#: Are you coming to the meeting at three? \#Person2\#: Yes, I will bring the slides.
+INVOKE_FILE ?=
+# A serving container to invoke directly instead of SageMaker (e.g. make serve / docker run).
+ENDPOINT_URL ?=
+
+.PHONY: push package deploy invoke endpoint-status endpoint-delete test-aws sdk-venv
+
+push: ## Tag + push the image to ECR (login, create repo) or REGISTRY=host:port
+	@mkdir -p $(AWS_OUT)
+	$(PY) -m deploy push \
+	  $(if $(IMAGE),--local-image $(IMAGE)) \
+	  $(if $(IMAGE_NAME),--image-name $(IMAGE_NAME)) \
+	  --image-tag $(or $(IMAGE_TAG),$(shell git rev-parse --short HEAD)) \
+	  $(if $(REGISTRY),--registry $(REGISTRY)) \
+	  --result-file $(AWS_OUT)/image_uri
+
+package: ## Build model.tar.gz from PACKAGE_MODEL_DIR (+ upload to MODEL_S3_URI)
+	@mkdir -p $(AWS_OUT)
+	$(PY) -m deploy package --model-dir $(PACKAGE_MODEL_DIR) \
+	  $(if $(PACKAGE_BASE_DIR),--base-dir $(PACKAGE_BASE_DIR)) \
+	  --output $(AWS_OUT)/model.tar.gz \
+	  $(if $(MODEL_S3_URI),--s3-uri $(MODEL_S3_URI)) \
+	  --result-file $(AWS_OUT)/model_data
+
+# IMAGE_URI / MODEL_DATA default to what make push / make package (with MODEL_S3_URI) wrote.
+deploy: ## Create or blue/green-update the SageMaker endpoint ENDPOINT_NAME (+ autoscaling)
+	IMAGE_URI="$${IMAGE_URI:-$$(cat $(AWS_OUT)/image_uri 2>/dev/null)}" \
+	MODEL_DATA="$${MODEL_DATA:-$$(grep '^s3://' $(AWS_OUT)/model_data 2>/dev/null)}" \
+	$(PY) -m deploy deploy $(foreach e,$(DEPLOY_ENV),--env $(e))
+
+invoke: ## Summarize INVOKE_TEXT (or INVOKE_FILE) with ENDPOINT_NAME (or ENDPOINT_URL)
+	$(PY) -m deploy.invoke \
+	  $(if $(ENDPOINT_URL),--endpoint-url $(ENDPOINT_URL) --container) \
+	  $(if $(INVOKE_FILE),--file $(INVOKE_FILE),--text "$(INVOKE_TEXT)")
+
+endpoint-status: ## Describe ENDPOINT_NAME
+	$(PY) -m deploy status
+
+endpoint-delete: ## Delete ENDPOINT_NAME, its autoscaling and the models/configs deploy made
+	$(PY) -m deploy delete
+
+test-aws: ## Deploy tests against moto + Stubber (no Docker, never real AWS)
+	$(PY) -m pytest -q tests/test_deploy_config.py tests/test_deploy_moto.py \
+	  tests/test_deploy_update.py tests/test_deploy_invoke.py
+
+sdk-venv: ## Separate venv with the SageMaker Python SDK (local-mode test)
+	bash .ci/aws.sh sdk-venv
