@@ -381,6 +381,9 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
         log.update(items=len(items), input_tokens=sum(tokens))
 
         gathered = asyncio.gather(*(w.future for w in work))
+        # When the handler gives up (deadline, client gone) the gathered error is never awaited;
+        # retrieve it so asyncio does not log "exception was never retrieved" under load.
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         disconnect = asyncio.ensure_future(_wait_for_disconnect(request.receive))
         try:
             done, _ = await asyncio.wait({gathered, disconnect}, timeout=max(0.0, deadline - time.monotonic()),
