@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=40)
     parser.add_argument("--batched-requests", type=int, default=32, help="per round")
     parser.add_argument("--unbatched-requests", type=int, default=16, help="per round")
-    parser.add_argument("--mixed-requests", type=int, default=48, help="per configuration")
+    parser.add_argument("--mixed-requests", type=int, default=64, help="per configuration")
     parser.add_argument("--rounds", type=int, default=2, help="A/B rounds, interleaved")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args(argv)
