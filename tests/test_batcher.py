@@ -168,3 +168,27 @@ def test_arrival_order_selection_when_length_awareness_is_off():
         return [len(w.item["inputs"]) for w in batcher.select_batch()]
 
     assert run(scenario()) == [50, 5, 400]
+
+
+def test_closed_loop_clients_merge_into_full_batches():
+    """Clients answered by one batch come straight back: they must join the next batch rather
+    than leave the queue split into two half-size cohorts that take turns."""
+    async def client(batcher, name, rounds, start_after):
+        await asyncio.sleep(start_after)
+        for i in range(rounds):
+            work = batcher.submit([item(f"{name}-{i}")], [3], name, time.monotonic() + 30)
+            await work[0].future
+
+    async def scenario():
+        engine = RecordingEngine(delay=0.15)
+        batcher = make(engine, max_batch_size=4, max_batch_delay_ms=40)
+        batcher.start()
+        # Two clients start now, two arrive while the first batch computes.
+        await asyncio.gather(client(batcher, "a", 4, 0), client(batcher, "b", 4, 0),
+                             client(batcher, "c", 4, 0.05), client(batcher, "d", 4, 0.05))
+        await batcher.stop()
+        return [len(b) for b in engine.batches]
+
+    sizes = run(scenario())
+    assert sizes[0] == 2, sizes
+    assert sizes[1:4] == [4, 4, 4], f"cohorts never merged: {sizes}"
