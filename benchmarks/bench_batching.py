@@ -40,8 +40,11 @@ def drive(url: str, texts: list[str], concurrency: int, params: dict, timeout: f
     cursor = iter(range(len(texts)))
     lock = threading.Lock()
 
+    ready = threading.Barrier(concurrency)
+
     def client() -> None:
         with httpx.Client(timeout=timeout) as http:
+            ready.wait()  # all clients connected and set up: they start together, as a burst would
             while True:
                 with lock:
                     index = next(cursor, None)
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--input-tokens", type=int, default=200)
     parser.add_argument("--new-tokens", type=int, default=40)
-    parser.add_argument("--batched-requests", type=int, default=32, help="per round")
+    parser.add_argument("--batched-requests", type=int, default=48, help="per round")
     parser.add_argument("--unbatched-requests", type=int, default=16, help="per round")
     parser.add_argument("--mixed-requests", type=int, default=64, help="per configuration")
     parser.add_argument("--rounds", type=int, default=2, help="A/B rounds, interleaved")
