@@ -228,6 +228,8 @@ def read_hyperparameters_file(config_dir: Path) -> dict[str, Any]:
 @dataclass
 class Config:
     hp: dict[str, Any]
+    sources: dict[str, str]
+    print_only: bool
     train_files: list[Path]
     validation_files: list[Path]
     model_dir: Path
@@ -253,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-data-dir", help="metrics and predictions (default SM_OUTPUT_DATA_DIR)")
     parser.add_argument("--checkpoint-dir", help="resumable checkpoints (default SM_CHECKPOINT_DIR "
                         "or /opt/ml/checkpoints); 'none' disables")
+    parser.add_argument("--config", help="the project's YAML config file (env SERVING_CONFIG); its "
+                        "`training:` section sets hyperparameters")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print every hyperparameter's effective value and where it came from, then exit")
     for name, (_, default, help_text) in HYPERPARAMETERS.items():
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS,
@@ -287,13 +293,47 @@ def _data_files(entries: list[str] | None, channel: Path | None, name: str, requ
     return files
 
 
+def read_training_section(path: str) -> dict[str, Any]:
+    """The ``training:`` mapping of the project's one YAML config file (the server reads the
+    rest of it), so serving and training knobs can live in one place."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise TrainError(f"config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise TrainError(f"config file {path} is not valid YAML: {exc}") from None
+    section = data.get("training", {}) if isinstance(data, dict) else None
+    if not isinstance(section, dict):
+        raise TrainError(f"config file {path}: `training` must be a mapping of hyperparameter: value")
+    return section
+
+
 def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Hyperparameters by precedence: default < config file's ``training:`` section
+    (--config or SERVING_CONFIG) < hyperparameters.json < SM_HP_* variables < flags."""
+    environ = dict(os.environ if environ is None else environ)
     paths = sagemaker_paths(environ)
     args = vars(build_parser().parse_args(argv))
     hp = {name: spec[1] for name, spec in HYPERPARAMETERS.items()}
-    hp.update(read_hyperparameters_file(paths.input_config_dir))
+    sources = {name: "default" for name in HYPERPARAMETERS}
+
+    def apply(values: dict[str, Any], source: str) -> None:
+        hp.update(values)
+        sources.update({name: source for name in values})
+
+    config_file = args.get("config") or environ.get("SERVING_CONFIG")
+    if config_file:
+        apply(parse_hyperparameters(read_training_section(config_file), f"config file {config_file} (training)"),
+              f"file {config_file}")
+    apply(read_hyperparameters_file(paths.input_config_dir), "hyperparameters.json")
+    # SageMaker also exports every hyperparameter as SM_HP_<NAME>; the values agree with the file.
+    env_hp = {key[len("SM_HP_"):].lower(): value for key, value in environ.items() if key.startswith("SM_HP_")}
+    for name, value in parse_hyperparameters(env_hp, "environment (SM_HP_*)").items():
+        apply({name: value}, f"env SM_HP_{name.upper()}")
     cli = {name: args[name] for name in HYPERPARAMETERS if name in args}
-    hp.update(parse_hyperparameters(cli, "command line"))
+    apply(parse_hyperparameters(cli, "command line"), "command line")
     if hp["base_model"] is None:
         base_channel = paths.channel("base")
         hp["base_model"] = str(base_channel) if base_channel else DEFAULT_BASE_MODEL
@@ -305,6 +345,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     checkpoint_dir = None if checkpoint == "none" else Path(checkpoint) if checkpoint else paths.checkpoint_dir
     return Config(
         hp=hp,
+        sources=sources,
+        print_only=bool(args.get("print_config")),
         train_files=_data_files(args.get("train_file"), paths.channel("train"), "train", required=True),
         validation_files=_data_files(args.get("validation_file"), paths.channel("validation"),
                                      "validation", required=False),
@@ -801,6 +843,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(argv)
         failure_path = cfg.failure_file
+        if cfg.print_only:
+            width = max(map(len, cfg.hp))
+            for name, value in cfg.hp.items():
+                print(f"{name:<{width}}  {value!r}  ({cfg.sources[name]})")
+            return 0
         train(cfg)
         return 0
     except TrainError as exc:

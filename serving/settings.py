@@ -308,7 +308,8 @@ CONFIG_FILE_ENV = "SERVING_CONFIG"
 
 def _read_config_file(path: str | Path) -> dict[str, str]:
     """A YAML mapping of settings, keyed by field name (max_batch_size) or variable
-    (MAX_BATCH_SIZE). Values are parsed exactly like environment values."""
+    (MAX_BATCH_SIZE). Values are parsed exactly like environment values. A ``training:``
+    section holds the training hyperparameters (code/train.py reads it)."""
     import yaml
 
     try:
@@ -323,6 +324,8 @@ def _read_config_file(path: str | Path) -> dict[str, str]:
     by_env = {f.metadata["env"]: f for f in dataclasses.fields(Settings)}
     raw: dict[str, str] = {}
     for key, value in data.items():
+        if key == "training":
+            continue  # the training entry (code/train.py) reads and checks that section
         f = by_name.get(str(key)) or by_env.get(str(key))
         if f is None:
             raise SettingsError(f"config file {path}: unknown key {key!r}; known keys: "
@@ -380,7 +383,8 @@ DOC_HEADER = """# Configuration
 Generated from `serving/settings.py` by `make docs`; a test fails when this file is stale.
 
 Precedence: default < config file (`serve --config FILE` or `SERVING_CONFIG`, YAML keyed by field
-name or variable) < environment < command-line flags. `serve --print-config` prints the effective
+name or variable) < environment < command-line flags. The same file's `training:` section holds
+the training hyperparameters (`train --config FILE --print-config`; docs/training.md). `serve --print-config` prints the effective
 values and their sources. The server exports every value to its environment before loading the
 model script, which reads `DEVICE`, `TORCH_DTYPE`, `MAX_INPUT_TOKENS`, `BASE_MODEL_DIR` /
 `BASE_MODEL_ID` and the generation limits from there (as it must under AWS's toolkit too).

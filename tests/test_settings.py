@@ -87,3 +87,9 @@ def test_configuration_docs_are_generated_from_the_settings():
 
     assert (REPO / "docs" / "configuration.md").read_text().strip() == markdown_table().strip(), \
         "docs/configuration.md is stale: run `make docs`"
+
+
+def test_the_training_section_is_left_to_the_training_entry(tmp_path):
+    config = tmp_path / "both.yaml"
+    config.write_text("max_batch_size: 4\ntraining:\n  lora_r: 16\n")
+    assert load_settings({}, config_file=config).max_batch_size == 4

@@ -322,3 +322,26 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_base, tmp_path):
     assert step >= 3 and f"stopped by SIGTERM at step {step}" in stderr
     assert "stopped by SIGTERM" in (root / "output" / "failure").read_text()
     assert not (tmp_path / "model" / "adapter_config.json").exists()
+
+
+def test_one_config_file_and_sagemaker_variables_set_hyperparameters(train_mod, tmp_path, capsys, monkeypatch):
+    config = tmp_path / "t5serving.yaml"
+    config.write_text("max_batch_size: 8\ntraining:\n  lora_r: 16\n  epochs: 2\n  learning_rate: 0.01\n")
+    monkeypatch.setenv("SM_HP_EPOCHS", "5")
+    data = str(SAMPLE / "train.jsonl")
+    assert train_mod.main(["--config", str(config), "--train-file", data, "--model-dir", str(tmp_path / "m"),
+                           "--learning-rate", "0.002", "--print-config"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["lora_r"].split()[1] == "16" and f"(file {config})" in lines["lora_r"]
+    assert lines["epochs"].split()[1] == "5.0" and "(env SM_HP_EPOCHS)" in lines["epochs"]
+    assert lines["learning_rate"].split()[1] == "0.002" and "(command line)" in lines["learning_rate"]
+    assert "(default)" in lines["seed"]
+    assert not (tmp_path / "m").exists(), "--print-config only prints"
+
+
+def test_config_file_training_errors_name_the_key(train_mod, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("training:\n  lora_rank: 4\n")
+    assert train_mod.main(["--config", str(config), "--train-file", str(SAMPLE / "train.jsonl"),
+                           "--model-dir", str(tmp_path / "m")]) == train_mod.EXIT_USER_ERROR
+    assert "unknown hyperparameter(s) lora_rank" in capsys.readouterr().err
