@@ -24,7 +24,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import threading
 import time

@@ -22,63 +22,11 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
-
-from benchmarks.common import (REPO, at_real_t5_length, fixed_length_inputs, load_dialogues, loadavg,
-                               percentile)
-from serving.launcher import metric_value, running_server
-
-def drive(url: str, texts: list[str], concurrency: int, params: dict, timeout: float) -> dict:
-    """Closed loop: `concurrency` clients send the texts (one per request) until all are done."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    cursor = iter(range(len(texts)))
-    lock = threading.Lock()
-
-    ready = threading.Barrier(concurrency)
-
-    def client() -> None:
-        with httpx.Client(timeout=timeout) as http:
-            ready.wait()  # all clients connected and set up: they start together, as a burst would
-            while True:
-                with lock:
-                    index = next(cursor, None)
-                if index is None:
-                    return
-                started = time.perf_counter()
-                response = http.post(url + "/invocations", json={"inputs": texts[index], "parameters": params})
-                elapsed = time.perf_counter() - started
-                with lock:
-                    if response.status_code == 200:
-                        latencies.append(elapsed)
-                    else:
-                        errors.append(f"{response.status_code}: {response.text[:200]}")
-
-    before = httpx.get(url + "/metrics").text
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for _ in range(concurrency):
-            pool.submit(client)
-    wall = time.perf_counter() - started
-    after = httpx.get(url + "/metrics").text
-
-    def delta(name: str) -> float:
-        return metric_value(after, name) - metric_value(before, name)
-
-    batches = delta("t5serving_batch_size_count")
-    return {
-        "requests": len(texts), "ok": len(latencies), "errors": errors[:5], "error_count": len(errors),
-        "wall_s": wall, "throughput_per_s": len(latencies) / wall if wall else 0.0,
-        "p50_s": percentile(latencies, 0.50), "p95_s": percentile(latencies, 0.95), "p99_s": percentile(latencies, 0.99),
-        "mean_batch_size": delta("t5serving_batch_size_sum") / batches if batches else 0.0,
-        "padding_ratio": (delta("t5serving_input_tokens_total") + delta("t5serving_padding_tokens_total"))
-        / max(1.0, delta("t5serving_input_tokens_total")),
-    }
+from benchmarks.common import REPO, at_real_t5_length, drive, fixed_length_inputs, load_dialogues, loadavg
+from serving.launcher import running_server
 
 
 def in_process(model_dir: str, texts: list[str], batch_size: int, params: dict, repeats: int) -> dict:

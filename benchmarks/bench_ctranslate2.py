@@ -27,16 +27,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.common import REPO, at_real_t5_length, fixed_length_inputs, load_dialogues, percentile
+from benchmarks.common import REPO, at_real_t5_length, drive, fixed_length_inputs, load_dialogues
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -72,48 +70,6 @@ def measured(ours: list[int], fn: Callable[[], dict]) -> dict:
 def memory(pid: int) -> dict:
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return {"rss_mib": int(status["VmRSS"].split()[0]) / 1024, "peak_rss_mib": int(status["VmHWM"].split()[0]) / 1024}
-
-
-def metric_sum(text: str, name: str) -> float:
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
-
-
-def drive(url: str, texts: list[str], concurrency: int, params: dict) -> dict:
-    """Closed loop: `concurrency` clients send the texts (one per request) until all are done."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    cursor = iter(range(len(texts)))
-    lock = threading.Lock()
-
-    def client() -> None:
-        with httpx.Client(timeout=1800) as http:
-            while True:
-                with lock:
-                    index = next(cursor, None)
-                if index is None:
-                    return
-                started = time.perf_counter()
-                response = http.post(url + "/invocations", json={"inputs": texts[index], "parameters": params})
-                with lock:
-                    if response.status_code == 200:
-                        latencies.append(time.perf_counter() - started)
-                    else:
-                        errors.append(f"{response.status_code}: {response.text[:200]}")
-
-    before = httpx.get(url + "/metrics").text
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for _ in range(concurrency):
-            pool.submit(client)
-    wall = time.perf_counter() - started
-    after = httpx.get(url + "/metrics").text
-    batches = metric_sum(after, "t5serving_batch_size_count") - metric_sum(before, "t5serving_batch_size_count")
-    items = metric_sum(after, "t5serving_batch_size_sum") - metric_sum(before, "t5serving_batch_size_sum")
-    return {"requests": len(texts), "ok": len(latencies), "error_count": len(errors), "errors": errors[:3],
-            "wall_s": round(wall, 2), "throughput_per_s": len(latencies) / wall,
-            "p50_s": percentile(latencies, 0.5), "p95_s": percentile(latencies, 0.95),
-            "mean_batch_size": items / batches if batches else 0.0}
 
 
 # --- servers -----------------------------------------------------------------------------------------
