@@ -8,7 +8,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # torch must be the CPU build on machines without a GPU: a plain `torch` pulls several GB of CUDA.
-# Empty it where pip already finds a CPU wheel (CI: a local wheel directory) or cannot reach it.
+# Empty it where pip already finds a CPU wheel (CI: a local wheel directory); when it cannot be
+# reached, install falls back to pip's own sources and says so.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= ctranslate2,train,tracking,loadtest,dev,browser,sagemaker-toolkit
 
@@ -26,8 +27,14 @@ help: ## List targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "pip<26"
-	$(PIP) install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch==2.13.0
-	$(PIP) install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e ".[$(EXTRAS)]"
+	@# An unreachable TORCH_INDEX would stall pip for minutes; check it in seconds first.
+	@idx="$(TORCH_INDEX)"; \
+	if [ -n "$$idx" ] && ! $(PYTHON) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$$idx/" >/dev/null 2>&1; then \
+	  echo "note: $$idx is unreachable; torch==2.13.0 comes from pip's own sources (make sure they hold the CPU build)"; idx=""; \
+	fi; \
+	set -x; \
+	$(PIP) install -q $${idx:+--extra-index-url $$idx} torch==2.13.0 && \
+	$(PIP) install -q $${idx:+--extra-index-url $$idx} -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv with the server, tests and tools (CPU torch)
