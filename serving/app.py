@@ -180,6 +180,20 @@ async def _wait_for_disconnect(receive: Callable[[], Awaitable[Message]]) -> Non
             return
 
 
+def _call_hook(hook: Callable[..., Any], *args: Any, value_errors_are_client: bool = False) -> Any:
+    """Call a user-script hook; an exception that says it is the client's fault (a 4xx
+    ``status_code``, or a ValueError from input parsing) becomes that ServingError."""
+    try:
+        return hook(*args)
+    except Exception as exc:
+        mapped = client_error_from(exc)
+        if mapped is None and value_errors_are_client and isinstance(exc, ValueError):
+            mapped = ServingError(400, "invalid_input", str(exc))
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
 def create_app(settings: Settings, engine: Engine | None = None, handlers: Handlers | None = None) -> FastAPI:
     runtime = Runtime(settings, engine=engine, handlers=handlers)
 
@@ -332,20 +346,13 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
         accept = request.headers.get("accept") or "application/json"
         handlers = runtime.handlers
         assert handlers is not None
-        try:
-            handlers.output_fn([], accept)  # refuse an Accept we cannot produce before computing
-        except Exception as exc:
-            mapped = client_error_from(exc)
-            if mapped is not None:
-                raise mapped from None
-        try:
-            items = handlers.input_fn(body, content_type)
-        except Exception as exc:
-            mapped = client_error_from(exc) or (
-                ServingError(400, "invalid_input", str(exc)) if isinstance(exc, ValueError) else None)
-            if mapped is None:
-                raise
-            raise mapped from None
+        try:  # refuse an Accept we cannot produce before computing anything
+            _call_hook(handlers.output_fn, [], accept)
+        except ServingError:
+            raise
+        except Exception:  # a custom output_fn may not take an empty list; the real call will tell
+            pass
+        items = _call_hook(handlers.input_fn, body, content_type, value_errors_are_client=True)
         if not items:
             raise ServingError(400, "invalid_input", "the request holds no dialogue to summarize")
         if len(items) > settings.max_items_per_request:
@@ -354,13 +361,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
                                f"{settings.max_items_per_request} (MAX_ITEMS_PER_REQUEST): split the request")
         validate = getattr(runtime.engine, "validate", None)
         if validate is not None:  # engine-specific limits (e.g. a parameter it cannot honour)
-            try:
-                validate(items)
-            except Exception as exc:
-                mapped = client_error_from(exc)
-                if mapped is None:
-                    raise
-                raise mapped from None
+            _call_hook(validate, items)
         pin_request_adapters(runtime, items, request.headers)  # 404/400 before queueing; no-op single-model
         tokens = runtime.engine.count_tokens([item["inputs"] for item in items])
         for index, n in enumerate(tokens):
@@ -392,8 +393,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             disconnect.cancel()
         if gathered not in done:
             reason = "client_gone" if disconnect in done else "deadline"
-            runtime.batcher.cancel(work, reason)
-            gathered.cancel()
+            runtime.batcher.cancel(work, reason)  # fails every unfinished item, so gathered is done
             if reason == "client_gone":
                 log["error"] = "client_gone"
                 return Response(status_code=499)
@@ -416,13 +416,7 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             raise ServingError(500, "model_error",
                                f"the model failed on this request (id {request_id}): {exc.__class__.__name__}; "
                                "other requests were not affected") from None
-        try:
-            body_out = handlers.output_fn(results, accept)
-        except Exception as exc:
-            mapped = client_error_from(exc)
-            if mapped is None:
-                raise
-            raise mapped from None
+        body_out = _call_hook(handlers.output_fn, results, accept)
         media = accept.split(";")[0].strip().lower()
         media = "application/json" if media in ("", "*/*", "application/*") else media
         queue_ms = max(w.queue_wait for w in work) * 1000
