@@ -23,8 +23,8 @@ def client_error_from(exc: BaseException) -> ServingError | None:
     """Map a user-script exception to a 4xx when it says it is the client's fault.
 
     Scripts signal this the way code/inference.py does: an exception with an int
-    ``status_code`` in 400-499 (and optionally an ``error`` code). A plain ValueError from
-    input_fn is also the client's input being wrong. Anything else is a server fault.
+    ``status_code`` in 400-499 (and optionally an ``error`` code). Anything else is a server
+    fault here; the app additionally treats a plain ValueError from input_fn as bad input.
     """
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and 400 <= status < 500:
