@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                                      model_cache_dir=str(cache))
             engine = CTranslate2Engine(load_handlers(None), str(served), settings)
             engine.load()
-            from serving.convert import _inference_module
+            from serving.handlers import default_script_module
 
-            valid = _inference_module().validate_parameters(params)
+            valid = default_script_module().validate_parameters(params)
 
             def in_process(texts: list[str]) -> Callable[[], dict]:
                 def run() -> dict:

@@ -48,8 +48,8 @@ def fixed_length_inputs(tokenizer: Any, dialogues: list[str], n_tokens: int, cou
 def at_real_t5_length(tokenizer: Any, dialogue: str) -> str:
     """The dialogue cut to about as many tokens as FLAN-T5's own tokenizer would give it.
 
-    The dev model's locally trained tokenizer has a few hundred pieces, so it splits English into
-    ~2.5x more tokens than FLAN-T5's 32k vocabulary (about 4 characters a token). Cutting each
+    The dev model's tokenizer has about a thousand pieces, so it splits English into ~1.8x more
+    tokens than FLAN-T5's 32k vocabulary (about 4 characters a token). Cutting each
     dialogue to len/4 of our tokens keeps DialogSum's real length distribution in tokens, which
     is what batching and padding costs depend on.
     """

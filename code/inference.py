@@ -270,7 +270,8 @@ def _weights_sha256(directory: Path) -> str:
 
 def resolve_base(model_dir: Path, adapter_config: dict[str, Any]) -> str:
     """Where the adapter's base model is: BASE_MODEL_DIR, BASE_MODEL_ID, <model_dir>/base, or
-    the base_model_name_or_path it was trained on (a local path or a hub id)."""
+    the base_model_name_or_path it was trained on (a hub id, an absolute path, or a path
+    relative to the adapter's own directory, which keeps an adapter + base bundle portable)."""
     if os.environ.get("BASE_MODEL_DIR"):
         return os.environ["BASE_MODEL_DIR"]
     if os.environ.get("BASE_MODEL_ID"):
@@ -281,6 +282,13 @@ def resolve_base(model_dir: Path, adapter_config: dict[str, Any]) -> str:
     if not named:
         raise ModelLoadError(
             f"{model_dir}/adapter_config.json names no base model; set BASE_MODEL_DIR or BASE_MODEL_ID")
+    beside = model_dir / named
+    if not Path(named).is_absolute() and (beside / "config.json").is_file():
+        return str(beside.resolve())
+    if named.startswith("."):
+        raise ModelLoadError(
+            f"{model_dir}/adapter_config.json names its base as {named!r}, relative to the adapter, but "
+            f"{beside} holds no model (was the adapter moved without its base?); set BASE_MODEL_DIR")
     return named
 
 

@@ -25,7 +25,6 @@ import contextlib
 import datetime
 import fcntl
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -35,10 +34,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from serving.settings import REPO_ROOT
+from serving.handlers import default_script_module
 
 logger = logging.getLogger("t5serving.convert")
 
@@ -51,19 +49,6 @@ _SOURCE_SUFFIXES = (".safetensors", ".bin", ".json", ".model")
 
 class ConversionError(RuntimeError):
     """The model could not be converted; the message says why."""
-
-
-def _inference_module() -> ModuleType:
-    """The image's code/inference.py (the same module serving.handlers loads as the default)."""
-    name = "t5serving_default_inference"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "code" / "inference.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @contextlib.contextmanager
@@ -87,7 +72,7 @@ def _environ(**values: str) -> Iterator[None]:
 def load_merged(model_dir: str) -> dict[str, Any]:
     """model_fn's {"model", "tokenizer", "info"}: the adapter merged into its base, fp32, CPU."""
     with _environ(DEVICE="cpu", TORCH_DTYPE="float32"):
-        return _inference_module().model_fn(model_dir)
+        return default_script_module().model_fn(model_dir)
 
 
 def _source_dirs(model_dir: str) -> tuple[list[Path], list[str]]:
@@ -98,7 +83,7 @@ def _source_dirs(model_dir: str) -> tuple[list[Path], list[str]]:
     dirs, ids = [directory], []
     adapter_config = directory / "adapter_config.json"
     if adapter_config.is_file():
-        base = _inference_module().resolve_base(directory, json.loads(adapter_config.read_text()))
+        base = default_script_module().resolve_base(directory, json.loads(adapter_config.read_text()))
         if Path(base).is_dir():
             dirs.append(Path(base))
         else:

@@ -188,9 +188,9 @@ class CTranslate2Engine:
 
     def _complete(self, params: dict[str, Any]) -> dict[str, Any]:
         # Items from input_fn carry complete parameters; a custom input_fn may not.
-        from serving.convert import _inference_module
+        from serving.handlers import default_script_module
 
-        defaults = {name: spec[1] for name, spec in _inference_module().PARAMETERS.items()}
+        defaults = {name: spec[1] for name, spec in default_script_module().PARAMETERS.items()}
         return {**defaults, **params}
 
     def _translate(self, texts: list[str], options: dict[str, Any]) -> list[Prediction]:

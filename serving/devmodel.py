@@ -14,8 +14,12 @@ really changes outputs) whose adapter_config.json names OUT_DIR as its base.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -23,6 +27,8 @@ import torch
 # FLAN-T5-base has an untied lm_head. transformers 5 ties it whatever the config says, so the
 # count below is asserted after untying: the tied model has 222,903,552 parameters.
 FLAN_T5_BASE_PARAMETERS = 247_577_856
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")   # ids 0, 1, 2 as in T5
+METASPACE = "\u2581"
 
 SHAPES: dict[str, dict] = {
     "tiny": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
@@ -62,25 +68,45 @@ The delivery was late because the truck broke down.
 """
 
 
+def _seed_vocabulary(vocab_size: int, max_piece: int = 8) -> list[tuple[str, float]]:
+    """Unigram pieces and log-probabilities computed from _CORPUS in plain Python.
+
+    Not tokenizers' UnigramTrainer: its EM sums floats in thread- and hash-seed-dependent order,
+    so the scores (and, through ties, the token ids) differed on every run, and every test
+    session tested a different model. Here every piece is a substring (up to ``max_piece``
+    characters) of a Metaspace-split corpus word seen at least twice, scored by its frequency,
+    ordered by (score, piece): the same bytes on every run and machine. Every printable ASCII
+    character (and the word-start marker) is a piece of its own, so English never hits <unk>.
+    """
+    words: Counter[str] = Counter(METASPACE + word for line in _CORPUS.splitlines() for word in line.split())
+    counts: Counter[str] = Counter()
+    for word, n in words.items():
+        for start in range(len(word)):
+            for end in range(start + 1, min(len(word), start + max_piece) + 1):
+                counts[word[start:end]] += n
+    total = sum(counts.values())
+    singles = [METASPACE, *(chr(c) for c in range(33, 127))]
+    pieces = sorted(((math.log(n / total), piece) for piece, n in counts.items()
+                     if n >= 2 and len(piece) > 1), key=lambda sp: (-sp[0], sp[1]))
+    pieces = pieces[: max(0, vocab_size - len(SPECIAL_TOKENS) - len(singles))]
+    # Characters the corpus never shows still need a (low) score to be usable.
+    rare = min((score for score, _ in pieces), default=0.0) - 1.0
+    chars = [(math.log(counts[c] / total) if counts[c] else rare, c) for c in singles]
+    return [(token, 0.0) for token in SPECIAL_TOKENS] + [(piece, score) for score, piece in pieces + chars]
+
+
 def train_tokenizer(vocab_size: int = 2000):
-    """A T5-style tokenizer (Unigram, Metaspace, </s> appended) trained on _CORPUS."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A T5-style tokenizer (Unigram, Metaspace, </s> appended), byte-identical on every run."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
+    tok = Tokenizer(models.Unigram(_seed_vocabulary(vocab_size), unk_id=SPECIAL_TOKENS.index("<unk>")))
+    # Like T5's SentencePiece normalizer: newlines and runs of whitespace become one space.
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
-        # Every printable ASCII character gets its own piece, so any English input tokenizes
-        # without <unk>, whatever the corpus missed.
-        initial_alphabet=[chr(c) for c in range(32, 127)],
-    )
-    lines = _CORPUS.splitlines()
-    tok.train_from_iterator(lines * 4, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", SPECIAL_TOKENS.index("</s>"))])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
         model_max_length=512,
@@ -133,7 +159,11 @@ def write_adapter(model, base_dir: Path, out_dir: Path, seed: int = 1, std: floa
     peft_model.save_pretrained(str(out_dir))
     cfg_path = out_dir / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = str(base_dir.resolve())
+    # Relative to the adapter (code/inference.py resolves it there): the same bytes wherever
+    # the model is written, and the pair still loads after being moved together.
+    cfg["base_model_name_or_path"] = os.path.relpath(base_dir.resolve(), out_dir.resolve())
+    # peft writes target_modules from a set, in hash-seed order: sort them for stable bytes.
+    cfg["target_modules"] = sorted(cfg["target_modules"])
     cfg_path.write_text(json.dumps(cfg, indent=2))
     peft_model.unload()  # leave the base model as it was
     return out_dir
@@ -160,6 +190,14 @@ def make_dev_model(out_dir: str | Path, shape: str = "tiny", adapter: bool = Fal
     return out
 
 
+def file_hashes(directory: str | Path) -> dict[str, str]:
+    """sha256 of every file under a dev model directory, by relative path: what "byte-identical
+    on every run" is checked against (tests/data/devmodel-tiny.sha256.json)."""
+    root = Path(directory)
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.devmodel", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapter", action="store_true", help="also write OUT_DIR/adapter (LoRA on q,v)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--adapter-seed", type=int, default=1)
+    parser.add_argument("--hashes", action="store_true",
+                        help="print the sha256 of every file written, as JSON (same on every run and machine)")
     args = parser.parse_args(argv)
     out = make_dev_model(args.out_dir, args.shape, args.adapter, args.seed, args.adapter_seed)
+    if args.hashes:
+        print(json.dumps(file_hashes(out), indent=2))
+        return 0
     print(f"wrote {args.shape} model to {out}" + (f" and adapter to {out / 'adapter'}" if args.adapter else ""))
     return 0
 

@@ -21,6 +21,7 @@ from serving.settings import REPO_ROOT
 logger = logging.getLogger("t5serving.handlers")
 
 DEFAULT_SCRIPT = REPO_ROOT / "code" / "inference.py"
+DEFAULT_MODULE = "t5serving_default_inference"
 HOOKS = ("model_fn", "input_fn", "predict_fn", "output_fn", "count_tokens_fn")
 
 
@@ -53,8 +54,14 @@ def find_script(model_dir: str | Path | None, program: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def default_script_module() -> ModuleType:
+    """The image's own code/inference.py, imported once (its helpers, e.g. resolve_base, are
+    shared by the engines and the converter)."""
+    return sys.modules.get(DEFAULT_MODULE) or _import_file(DEFAULT_SCRIPT, DEFAULT_MODULE)
+
+
 def load_handlers(model_dir: str | Path | None, program: str = "inference.py") -> Handlers:
-    default = _import_file(DEFAULT_SCRIPT, "t5serving_default_inference")
+    default = _import_file(DEFAULT_SCRIPT, DEFAULT_MODULE)
     script = find_script(model_dir, program)
     user = default
     if script is not None and script.resolve() != DEFAULT_SCRIPT.resolve():

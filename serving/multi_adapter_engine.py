@@ -30,7 +30,7 @@ from serving.adapters import (BASE, AdapterError, AdapterRegistry, adapter_dirs,
                               validate_name)
 from serving.batcher import parameters_key
 from serving.engine import Item, Prediction, ScriptEngine
-from serving.handlers import Handlers
+from serving.handlers import Handlers, default_script_module
 from serving.model_source import resolve_model_location
 
 logger = logging.getLogger("t5serving.multi_adapter")
@@ -162,13 +162,7 @@ class MultiAdapterEngine(ScriptEngine):
             name = location.name if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", location.name) else "default"
             preload.append((name, str(location)))
             if base is None:
-                if (location / "base" / "config.json").is_file():
-                    base = str(location / "base")
-                else:
-                    base = read_json(location / "adapter_config.json").get("base_model_name_or_path")
-                if not base:
-                    raise AdapterError(400, "no_base_model", f"{location}/adapter_config.json names no base "
-                                       "model; set BASE_MODEL_DIR or BASE_MODEL_ID")
+                base = default_script_module().resolve_base(location, read_json(location / "adapter_config.json"))
         elif base is None:
             base = self.model_dir
         if s.adapters_dir:

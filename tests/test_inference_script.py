@@ -53,6 +53,19 @@ def test_model_fn_reports_what_it_loaded(tiny_model_dir, tiny_adapter_dir):
     assert full["adapter"] == "" and full["model"] == str(tiny_model_dir)
 
 
+def test_relative_base_is_found_beside_the_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)  # where ".." would name something else
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_model_dir, bundle)  # the adapter and its base, moved together
+    assert inference.model_fn(str(bundle / "adapter"))["info"]["base_model"] == str(bundle.resolve())
+    alone = tmp_path / "alone" / "adapter"
+    shutil.copytree(tiny_model_dir / "adapter", alone)
+    with pytest.raises(inference.ModelLoadError, match="moved without its base"):
+        inference.model_fn(str(alone))
+
+
 def test_base_model_dir_env_overrides_adapter_config(tiny_model_dir, tiny_adapter_dir, tmp_path, monkeypatch):
     import shutil
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import tarfile
 
 import boto3
@@ -49,7 +51,14 @@ def test_missing_s3_model_says_what_to_check(moto, tmp_path):
 def test_server_loads_and_serves_an_s3_model(moto, tiny_adapter_dir, tmp_path):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="models")
-    upload_dir(s3, "models", "adapter", tiny_adapter_dir)
+    # As code/train.py writes it: the adapter names its local base by absolute path (devmodel's
+    # ".." would point into the download cache).
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter_dir, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tiny_adapter_dir.parent.resolve())
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    upload_dir(s3, "models", "adapter", adapter)
     env = {"MODEL_CACHE_DIR": str(tmp_path / "cache")}
     with running_server("s3://models/adapter", tmp_path, env) as server:
         info = httpx.get(server.url + "/info").json()["model"]

@@ -43,9 +43,11 @@ GREEDY = {"max_new_tokens": 8, "min_new_tokens": 8}
 
 
 @pytest.fixture(scope="module")
-def scripted_model(tiny_adapter_dir: Path, tmp_path_factory) -> Path:
-    model_dir = tmp_path_factory.mktemp("scripted") / "model"
-    shutil.copytree(tiny_adapter_dir, model_dir)
+def scripted_model(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    # The whole dev model is copied: its adapter names the base relative to itself ("..").
+    copy = tmp_path_factory.mktemp("scripted") / "dev"
+    shutil.copytree(tiny_model_dir, copy)
+    model_dir = copy / "adapter"
     (model_dir / "code").mkdir()
     (model_dir / "code" / "inference.py").write_text(SCRIPT)
     return model_dir

@@ -7,6 +7,7 @@ import conftest under every pytest import mode); this file only prepares model f
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +52,17 @@ def packaged_model(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pat
     for path in [base, *base.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
+    # devmodel names the base relative to the adapter (".."); here the adapter travels alone, so
+    # it names the base by the absolute path the container gets it mounted at.
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(base.resolve())
+    (root / "adapter_config.json").write_text(json.dumps(config, indent=2))
     tarball = root / "model.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
         for path in sorted(adapter.iterdir()):
             if path.is_file() and path.name != "README.md":
-                tar.add(path, arcname=path.name, filter=_readable)
+                source = root / path.name if path.name == "adapter_config.json" else path
+                tar.add(source, arcname=path.name, filter=_readable)
         tar.add(REPO_ROOT / "code" / "inference.py", arcname="code/inference.py", filter=_readable)
     unpacked = root / "opt-ml-model"
     unpacked.mkdir()
