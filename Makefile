@@ -19,7 +19,7 @@ PORT ?= 8080
 MODEL_DIR ?=
 DEV_MODEL_DIR ?= models/tiny
 
-.PHONY: help install serve serve-dev devmodel test test-fast docs clean
+.PHONY: help install serve serve-dev devmodel test test-fast test-stress docs clean
 
 help: ## List targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -57,6 +57,23 @@ test: install ## The whole test suite (what CI runs; Docker tests skip without a
 
 test-fast: install ## Tests that need neither Docker nor the SageMaker toolkit
 	$(PY) -m pytest -q -m "not docker and not slow"
+
+# The tests that compare two computations' outputs (tests/equivalence.py): run STRESS_ROUNDS times
+# at 1 and at 2 torch threads, each time in a new random order, to show they never flip.
+# The contract suite runs one engine at a time, so shuffling does not restart its server per test.
+EQUIVALENCE_TESTS ?= tests/test_equivalence.py tests/test_adapters.py tests/test_multi_model.py \
+	tests/test_ctranslate2.py
+STRESS_ROUNDS ?= 5
+
+test-stress: install ## The output-equivalence tests STRESS_ROUNDS x at 1 and 2 threads, random order
+	@set -e; for threads in 1 2; do for round in $$(seq $(STRESS_ROUNDS)); do \
+	  echo "== threads=$$threads round=$$round"; \
+	  random="-p random_order --random-order-bucket=module --random-order-seed=$$threads$$round"; \
+	  OMP_NUM_THREADS=$$threads $(PY) -m pytest -q -p no:cacheprovider $$random $(EQUIVALENCE_TESTS); \
+	  for engine in torch ctranslate2-float32 ctranslate2-int8; do \
+	    CONTRACT_ENGINE=$$engine OMP_NUM_THREADS=$$threads $(PY) -m pytest -q -p no:cacheprovider $$random tests/contract; \
+	  done; \
+	done; done
 
 docs: ## Regenerate docs/configuration.md from serving/settings.py
 	$(PY) -m serving.settings --markdown > docs/configuration.md

@@ -8,11 +8,13 @@ import json
 import shutil
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from tests.equivalence import Agreement, GreedyOracle, GreedyPath, check
 
 TEXTS = [
     "#Person1#: Did you finish the quarterly report? #Person2#: Almost, I need the sales figures.",
@@ -82,19 +84,28 @@ def tarball(directory: Path, out: Path) -> Path:
     return out
 
 
-def merged_references(adapter_set: AdapterSet, texts: list[str] = TEXTS, params: dict | None = None) -> dict:
-    """{adapter or '__base__': [summary per text]} from the single-model path: each adapter merged
-    into its own copy of the base by code/inference.py's model_fn, alone in its generate."""
-    from serving.handlers import load_handlers
+@dataclass
+class References:
+    """Greedy reference paths per adapter ('__base__' included): each adapter merged into its own
+    copy of the base by code/inference.py's model_fn, each text alone (tests/equivalence.py)."""
 
-    handlers = load_handlers(None)
-    params = params or PARAMS
-    refs: dict[str, list[str]] = {}
-    for name, directory in [("__base__", adapter_set.base), *adapter_set.adapters.items()]:
-        model = handlers.model_fn(str(directory))
-        items = handlers.input_fn(json.dumps({"inputs": texts, "parameters": params}).encode(), "application/json")
-        refs[name] = [handlers.predict_fn([item], model)[0]["summary"] for item in items]
-    return refs
+    oracles: dict[str, GreedyOracle]
+    texts: list[str]
+    params: dict
+
+    def path(self, name: str, i: int) -> GreedyPath:
+        return self.oracles[name].path(self.texts[i], self.params)
+
+    def check(self, got: Sequence[str], expected: Sequence[tuple[str, int]]) -> list[Agreement]:
+        """Each output is a correct greedy answer for its (adapter, text index)."""
+        return [check(g, self.path(name, i), where=f"adapter {name} text {i}")
+                for g, (name, i) in zip(got, expected, strict=True)]
+
+
+def merged_references(adapter_set: AdapterSet, texts: list[str] = TEXTS, params: dict | None = None) -> References:
+    oracles = {name: GreedyOracle(str(directory))
+               for name, directory in [("__base__", adapter_set.base), *adapter_set.adapters.items()]}
+    return References(oracles=oracles, texts=list(texts), params=params or PARAMS)
 
 
 @contextlib.contextmanager
