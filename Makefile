@@ -11,7 +11,9 @@ PIP := $(VENV)/bin/pip
 # Empty it where pip already finds a CPU wheel (CI: a local wheel directory); when it cannot be
 # reached, install falls back to pip's own sources and says so.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# `make install` adds these extras to what serving needs (`make serving-env`).
 EXTRAS ?= ctranslate2,train,tracking,loadtest,dev,browser,sagemaker-toolkit
+EXTRAS_SPEC = -e ".[$(EXTRAS)]"
 
 HOST ?= 127.0.0.1
 PORT ?= 8080
@@ -19,31 +21,44 @@ PORT ?= 8080
 MODEL_DIR ?=
 DEV_MODEL_DIR ?= models/tiny
 
-.PHONY: help install serve serve-dev devmodel test test-fast test-stress docs clean
+.PHONY: help install serving-env serve serve-dev devmodel test test-fast test-stress lint docs clean
 
 help: ## List targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "pip<26"
-	@# An unreachable TORCH_INDEX would stall pip for minutes; check it in seconds first.
-	@idx="$(TORCH_INDEX)"; \
+# pip install $(1), with PyTorch's index for torch. An unreachable TORCH_INDEX would stall pip
+# for minutes; it is checked in seconds first and dropped when it does not answer.
+define pip_install
+@idx="$(TORCH_INDEX)"; \
 	if [ -n "$$idx" ] && ! $(PYTHON) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$$idx/" >/dev/null 2>&1; then \
 	  echo "note: $$idx is unreachable; torch==2.13.0 comes from pip's own sources (make sure they hold the CPU build)"; idx=""; \
 	fi; \
 	set -x; \
-	$(PIP) install -q $${idx:+--extra-index-url $$idx} torch==2.13.0 && \
-	$(PIP) install -q $${idx:+--extra-index-url $$idx} -e ".[$(EXTRAS)]"
+	$(PIP) install -q $${idx:+--extra-index-url $$idx} $(1)
+endef
+
+# What serving needs and no more: torch (CPU build) and the base dependencies.
+$(VENV)/.serving: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "pip<26"
+	$(call pip_install,torch==2.13.0)
+	$(call pip_install,-e .)
+	touch $@
+
+# The tests, tools and lint on top: the extras in EXTRAS.
+$(VENV)/.installed: $(VENV)/.serving
+	$(call pip_install,$(EXTRAS_SPEC))
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv with the server, tests and tools (CPU torch)
 
-serve: install ## Serve MODEL_DIR (or /opt/ml/model, or the hub model) on $(HOST):$(PORT)
+serving-env: $(VENV)/.serving ## Create .venv with only what the server needs (CPU torch, no test stack)
+
+serve: serving-env ## Serve MODEL_DIR (or /opt/ml/model, or the hub model) on $(HOST):$(PORT)
 	$(VENV)/bin/serve --host $(HOST) --port $(PORT) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR))
 
-$(DEV_MODEL_DIR)/config.json: | install
-	$(PY) -m serving.devmodel $(DEV_MODEL_DIR) --shape tiny --adapter
+$(DEV_MODEL_DIR)/config.json: | serving-env
+	$(PY) -m tools.devmodel $(DEV_MODEL_DIR) --shape tiny --adapter
 
 devmodel: $(DEV_MODEL_DIR)/config.json ## Write a tiny random T5 (+ LoRA adapter) to models/tiny
 
@@ -55,14 +70,18 @@ PYTEST_ARGS ?=
 test: install ## The whole test suite (what CI runs; Docker tests skip without an engine)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install ## Tests that need neither Docker nor the SageMaker toolkit
+test-fast: install ## Unit and in-process tests (a minute or two): neither Docker nor the slow end-to-end ones
 	$(PY) -m pytest -q -m "not docker and not slow"
 
-# The tests that compare two computations' outputs (tests/equivalence.py): run STRESS_ROUNDS times
+lint: install ## ruff (pyflakes, pycodestyle, import order) on the repository, mypy on serving/ and tools/
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# The tests that compare two computations' outputs (tests/support/equivalence.py): run STRESS_ROUNDS times
 # at 1 and at 2 torch threads, each time in a new random order, to show they never flip.
 # The contract suite runs one engine at a time, so shuffling does not restart its server per test.
-EQUIVALENCE_TESTS ?= tests/test_equivalence.py tests/test_adapters.py tests/test_multi_model.py \
-	tests/test_ctranslate2.py
+EQUIVALENCE_TESTS ?= tests/support/test_equivalence.py tests/engines/test_multi_adapter.py \
+	tests/http/test_models_routes.py tests/engines/test_ctranslate2.py
 STRESS_ROUNDS ?= 5
 
 test-stress: install ## The output-equivalence tests STRESS_ROUNDS x at 1 and 2 threads, random order

@@ -28,8 +28,7 @@ unset AWS_PROFILE AWS_ENDPOINT_URL
 
 aws_unit() {
   local t0=$SECONDS
-  "$PY" -m pytest -q tests/test_deploy_config.py tests/test_deploy_moto.py \
-    tests/test_deploy_update.py tests/test_deploy_invoke.py
+  "$PY" -m pytest -q tests/deploy
   _log "unit tests in $((SECONDS - t0)) s"
 }
 

@@ -77,8 +77,8 @@ PYEOF
 }
 
 k8s_pytest() {
-  log "pytest tests/test_k8s_manifests.py tests/test_prometheus.py"
-  CI="${CI:-}" "$PY" -m pytest -q -m "not docker" tests/test_k8s_manifests.py tests/test_prometheus.py
+  log "pytest tests/k8s"
+  CI="${CI:-}" "$PY" -m pytest -q -m "not docker" tests/k8s
 }
 
 case "${1:-all}" in

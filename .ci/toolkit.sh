@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # code/inference.py under AWS's sagemaker-inference toolkit + multi-model-server
-# (tests/test_sagemaker_toolkit.py). Idempotent: installs only what is missing.
+# (tests/code/test_sagemaker_toolkit.py). Idempotent: installs only what is missing.
 #   needs: a JRE (apt openjdk-17-jre-headless), the venv's `sagemaker-toolkit` extra.
 #   env:   VENV (default .venv), PY (default $VENV/bin/python).
 #   time:  ~1.5 min on a 2-core machine (plus the JRE install, ~1 min, when absent).
@@ -28,4 +28,4 @@ fi
 
 # -m slow is not filtered here: this test IS the slow one. A skip would hide a broken setup,
 # so the requirements are checked above and skips are reported (-rs).
-PYTHONPATH=. "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_sagemaker_toolkit.py "$@"
+PYTHONPATH=. "$PY" -m pytest -q -rs -p no:cacheprovider tests/code/test_sagemaker_toolkit.py "$@"

@@ -3,7 +3,7 @@
     flock /tmp/bench.lock python -m benchmarks.bench_adapters [--adapters 8] [--concurrency 16]
         [--requests 64] [--rounds 2] [--new-tokens 32] [--input-tokens 64] [--out benchmarks/results]
 
-Three servers on FLAN-T5-base's architecture with random weights (serving.devmodel; outputs are
+Three servers on FLAN-T5-base's architecture with random weights (tools/devmodel.py; outputs are
 meaningless), started once, then measured in interleaved rounds (mixed, grouped, merged, mixed,
 grouped, merged, ...) because the machine is shared and noisy; compare the ratios:
 
@@ -35,7 +35,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from serving.launcher import metric_value, running_server, wait_for  # noqa: E402
+from tools.dialogsum import read_dialogues  # noqa: E402
+from tools.launcher import metric_value, running_server, wait_for  # noqa: E402
 
 DIALOGSUM_DEV = REPO.parent.parent / "shared" / "data" / "dialogsum" / "dialogsum.dev.jsonl"
 if not DIALOGSUM_DEV.is_file():
@@ -46,14 +47,14 @@ def build_models(root: Path, shape: str, n_adapters: int) -> tuple[Path, Path]:
     """Base model + n adapters with different seeds (reused when already built)."""
     base, adapters = root / "base", root / "adapters"
     if not (base / "config.json").is_file():
-        from serving.devmodel import make_dev_model
+        from tools.devmodel import make_dev_model
 
         make_dev_model(base, shape=shape)
     missing = [i for i in range(1, n_adapters + 1) if not (adapters / f"a{i}" / "adapter_config.json").is_file()]
     if missing:
         from transformers import AutoModelForSeq2SeqLM
 
-        from serving.devmodel import write_adapter
+        from tools.devmodel import write_adapter
 
         model = AutoModelForSeq2SeqLM.from_pretrained(str(base))
         for i in missing:
@@ -67,9 +68,10 @@ def inputs(tokenizer_dir: Path, n_tokens: int, count: int) -> list[str]:
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     if DIALOGSUM_DEV.is_file():
-        dialogues = [json.loads(line)["dialogue"] for line in DIALOGSUM_DEV.read_text().splitlines()[:count]]
+        dialogues = read_dialogues(DIALOGSUM_DEV, limit=count)
     else:
-        dialogues = ["#Person1#: Did you finish the quarterly report? #Person2#: Almost, I need the sales figures."] * count
+        dialogue = "#Person1#: Did you finish the quarterly report? #Person2#: Almost, I need the sales figures."
+        dialogues = [dialogue] * count
     out = []
     for text in dialogues:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: n_tokens - 1]
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-tokens", type=int, default=64)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args(argv)
-    command = "flock /tmp/bench.lock python -m benchmarks.bench_adapters " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = ("flock /tmp/bench.lock python -m benchmarks.bench_adapters "
+               + shlex.join(argv if argv is not None else sys.argv[1:]))
 
     work = Path(args.work_dir)
     t0 = time.monotonic()
@@ -225,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"{', '.join(str(r['p50_s']) for r in runs)} | "
                      f"{', '.join(str(r['machine_cpu_busy']) for r in runs)} |")
     lines += ["", f"- mixed / grouped: **{ratios['mixed_over_grouped']}x** (goal >= 2x: "
-              f"{'met' if goals['mixed >= 2x grouped'] else 'NOT met'}); per round {ratios['per_round_mixed_over_grouped']}",
+              f"{'met' if goals['mixed >= 2x grouped'] else 'NOT met'}); "
+              f"per round {ratios['per_round_mixed_over_grouped']}",
               f"- mixed / merged single adapter: **{ratios['mixed_over_merged']}** (goal >= 0.75: "
-              f"{'met' if goals['mixed within 25% of merged'] else 'NOT met'}); per round {ratios['per_round_mixed_over_merged']}",
+              f"{'met' if goals['mixed within 25% of merged'] else 'NOT met'}); "
+              f"per round {ratios['per_round_mixed_over_merged']}",
               f"- adapter load (at start, from /info): "
               f"{statistics.median(c['load_seconds'] for c in adapter_cost.values()):.3f} s median, "
               f"{statistics.median(c['memory_bytes'] for c in adapter_cost.values()) / 2**20:.2f} MiB each",

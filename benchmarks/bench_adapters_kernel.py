@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_adapters import build_models, inputs  # noqa: E402
-from serving.multi_adapter_engine import _stacked_mixed_forward  # noqa: E402
+from serving.engines.lora_kernel import stacked_mixed_forward  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     def use_stacked(on: bool) -> None:
         for m in layers:
             if on:
-                m.__dict__["_mixed_batch_forward"] = _stacked_mixed_forward.__get__(m)
+                m.__dict__["_mixed_batch_forward"] = stacked_mixed_forward.__get__(m)
             else:
                 m.__dict__.pop("_mixed_batch_forward", None)
 

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_batching [--model-dir DIR] [--concurrency 16] [--out benchmarks/results]
 
 Everything is measured in ONE run on the same machine (it is noisy: compare the ratios, not the
-absolute numbers), on FLAN-T5-base's architecture with random weights (serving.devmodel), so
+absolute numbers), on FLAN-T5-base's architecture with random weights (tools/devmodel.py), so
 the generated text is meaningless; generation is forced to exactly --new-tokens tokens.
 
 Workloads:
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, at_real_t5_length, drive, fixed_length_inputs, load_dialogues, loadavg
-from serving.launcher import running_server
+from tools.launcher import running_server
 
 
 def in_process(model_dir: str, texts: list[str], batch_size: int, params: dict, repeats: int) -> dict:
@@ -51,7 +51,7 @@ def in_process(model_dir: str, texts: list[str], batch_size: int, params: dict, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", default=str(REPO / "models" / "flan-t5-base"),
-                        help="made with serving.devmodel --shape flan-t5-base if missing")
+                        help="made with tools/devmodel.py --shape flan-t5-base if missing")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--input-tokens", type=int, default=200)
     parser.add_argument("--new-tokens", type=int, default=40)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").is_file():
-        from serving.devmodel import make_dev_model
+        from tools.devmodel import make_dev_model
 
         print(f"building the flan-t5-base-shaped random model in {model_dir} ...", flush=True)
         make_dev_model(model_dir, shape="flan-t5-base")
@@ -78,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(0)
     mixed = [at_real_t5_length(tokenizer, d) for d in rng.sample(dialogues, min(len(dialogues), args.mixed_requests))]
     result: dict = {"command": "python -m benchmarks.bench_batching " + " ".join(argv or sys.argv[1:]),
-                    "model": "FLAN-T5-base architecture, random weights (serving.devmodel): output text is meaningless",
+                    "model": "FLAN-T5-base architecture, random weights (tools/devmodel.py): "
+                             "output text is meaningless",
                     "cpu_count": os.cpu_count(), "loadavg_before": loadavg(), "dialogues": source,
                     "workload": {"concurrency": c, "input_tokens": args.input_tokens, "new_tokens": args.new_tokens,
                                  "fixed_mean_tokens": statistics.mean(len(tokenizer(t)["input_ids"]) for t in fixed),
-                                 "mixed_mean_tokens": statistics.mean(len(tokenizer(t)["input_ids"]) for t in mixed) if mixed else None}}
+                                 "mixed_mean_tokens": (statistics.mean(len(tokenizer(t)["input_ids"]) for t in mixed)
+                                                       if mixed else None)}}
     print(json.dumps(result["workload"]), flush=True)
 
     result["in_process"] = {f"batch_{b}": in_process(str(model_dir), fixed, b, params, repeats=2 if b > 1 else 3)
@@ -152,14 +154,16 @@ def render_markdown(r: dict) -> str:
              f"Model: {r['model']}. CPU cores: {r['cpu_count']}; load average before {r['loadavg_before']}, "
              f"after {r['loadavg_after']}. C={w['concurrency']} concurrent clients, exactly {w['new_tokens']} new "
              f"tokens, greedy. Fixed inputs: {w['fixed_mean_tokens']:.0f} tokens on average. Mixed: {r['dialogues']} "
-             f"({w['mixed_mean_tokens'] or 0:.0f} tokens on average, cut to FLAN-T5's token lengths, {2 * w['concurrency']} "
+             f"({w['mixed_mean_tokens'] or 0:.0f} tokens on average, cut to FLAN-T5's token lengths, "
+             f"{2 * w['concurrency']} "
              "clients). Medians of interleaved rounds.", "",
              "| configuration | summaries/s | p50 s | p95 s | p99 s | mean batch | padded/real tokens |",
              "|---|---|---|---|---|---|---|"]
     for name, s in r["servers"].items():
         if s:
             lines.append(f"| server, {name.replace('_', ' ')} | {s['throughput_per_s']:.2f} | {s['p50_s']:.1f} | "
-                         f"{s['p95_s']:.1f} | {s['p99_s']:.1f} | {s['mean_batch_size']:.1f} | {s['padding_ratio']:.2f} |")
+                         f"{s['p95_s']:.1f} | {s['p99_s']:.1f} | {s['mean_batch_size']:.1f} | "
+                         f"{s['padding_ratio']:.2f} |")
     for name, s in r["in_process"].items():
         lines.append(f"| in-process generate, {name.replace('_', ' ')} | {s['throughput_per_s']:.2f} | | | | "
                      f"{s['batch_size']} | |")

@@ -3,7 +3,7 @@ the ratios; configurations are interleaved round by round).
 
     flock /tmp/bench.lock python -m benchmarks.bench_ctranslate2 --model-dir DIR [--rounds 2]
 
-DIR is a FLAN-T5-base-shaped random model from ``python -m serving.devmodel DIR --shape
+DIR is a FLAN-T5-base-shaped random model from ``python -m tools.devmodel DIR --shape
 flan-t5-base --adapter``; the adapter (DIR/adapter) is what is served, merged before conversion.
 Generated text is meaningless; every request is forced to exactly --new-tokens tokens, greedy.
 
@@ -22,7 +22,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import REPO, at_real_t5_length, drive, fixed_length_inputs, load_dialogues
+from tools.launcher import free_port
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -75,9 +75,7 @@ def memory(pid: int) -> dict:
 # --- servers -----------------------------------------------------------------------------------------
 class Server:
     def __init__(self, name: str, model_dir: Path, env: dict[str, str], log_dir: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.name, self.url = name, f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
         full_env = {**os.environ, "PYTHONPATH": str(REPO), "HOST": "127.0.0.1", "SAGEMAKER_BIND_TO_PORT": str(port),
@@ -133,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from serving.convert import find_or_convert
-    from serving.ctranslate2_engine import CTranslate2Engine
-    from serving.handlers import load_handlers
+    from serving.engines.ctranslate2 import CTranslate2Engine
+    from serving.models.convert import find_or_convert
+    from serving.models.handlers import load_handlers
     from serving.settings import load_settings
 
     root = Path(args.model_dir)
@@ -146,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     n = max(args.ct2_requests, args.torch_requests, c)
     fixed = fixed_length_inputs(tokenizer, dialogues, args.input_tokens, n)
     mixed = [at_real_t5_length(tokenizer, d) for d in random.Random(0).sample(dialogues, n)]
-    lengths = {name: [len(ids) for ids in tokenizer(texts)["input_ids"]] for name, texts in (("fixed", fixed), ("dialogsum", mixed))}
+    lengths = {name: [len(ids) for ids in tokenizer(texts)["input_ids"]]
+               for name, texts in (("fixed", fixed), ("dialogsum", mixed))}
     result: dict[str, Any] = {
         "command": "flock /tmp/bench.lock python -m benchmarks.bench_ctranslate2 " + " ".join(argv or sys.argv[1:]),
-        "model": "FLAN-T5-base architecture + LoRA (q,v) merged, random weights (serving.devmodel): text is meaningless",
+        "model": "FLAN-T5-base architecture + LoRA (q,v) merged, random weights (tools/devmodel.py): "
+                 "text is meaningless",
         "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "workload": {"concurrency": c, "new_tokens": args.new_tokens, "greedy": True,
                      **{f"{k}_tokens_mean": statistics.mean(v) for k, v in lengths.items()},
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                                      model_cache_dir=str(cache))
             engine = CTranslate2Engine(load_handlers(None), str(served), settings)
             engine.load()
-            from serving.handlers import default_script_module
+            from serving.models.handlers import default_script_module
 
             valid = default_script_module().validate_parameters(params)
 
@@ -210,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
 
             for round_ in range(args.rounds):
                 for workload, texts in (("fixed", fixed), ("dialogsum", mixed)):
-                    record(f"ct2_server/{workload}", lambda: drive(servers["ct2"].url, texts[:args.ct2_requests], c, params))
-                    record(f"torch_server/{workload}", lambda: drive(servers["torch"].url, texts[:args.torch_requests], c, params))
+                    record(f"ct2_server/{workload}",
+                           lambda: drive(servers["ct2"].url, texts[:args.ct2_requests], c, params))
+                    record(f"torch_server/{workload}",
+                           lambda: drive(servers["torch"].url, texts[:args.torch_requests], c, params))
                     record(f"ct2_in_process/{workload}", in_process(texts[:args.ct2_requests]))
                 record("torch_unbatched_server/fixed",
                        lambda: drive(servers["torch_unbatched"].url, fixed[:args.unbatched_requests], c, params))
@@ -225,11 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     result["runs"] = runs
     med = {key: statistics.median(r["throughput_per_s"] for r in rs) for key, rs in runs.items()}
     result["median_throughput_per_s"] = med
-    result["median_p95_s"] = {key: statistics.median(r["p95_s"] for r in rs) for key, rs in runs.items() if "p95_s" in rs[0]}
+    result["median_p95_s"] = {key: statistics.median(r["p95_s"] for r in rs)
+                              for key, rs in runs.items() if "p95_s" in rs[0]}
     ratios: dict[str, float] = {}
     for workload in ("fixed", "dialogsum"):
-        ratios[f"{workload}: ct2 server / torch batching server"] = med[f"ct2_server/{workload}"] / med[f"torch_server/{workload}"]
-        ratios[f"{workload}: ct2 server / ct2 in-process b{c}"] = med[f"ct2_server/{workload}"] / med[f"ct2_in_process/{workload}"]
+        ct2 = med[f"ct2_server/{workload}"]
+        ratios[f"{workload}: ct2 server / torch batching server"] = ct2 / med[f"torch_server/{workload}"]
+        ratios[f"{workload}: ct2 server / ct2 in-process b{c}"] = ct2 / med[f"ct2_in_process/{workload}"]
     ratios["fixed: ct2 server / torch unbatched server"] = med["ct2_server/fixed"] / med["torch_unbatched_server/fixed"]
     # Same-round ratios: robust to load that changes between rounds.
     per_round = [a["throughput_per_s"] / b["throughput_per_s"]
@@ -258,7 +262,8 @@ def render_markdown(r: dict) -> str:
              f"dialogue per request, exactly {w['new_tokens']} new tokens, greedy. Fixed workload: "
              f"{w['fixed_tokens_mean']:.0f} tokens per input; DialogSum dev at FLAN-T5 token lengths: mean "
              f"{w['dialogsum_tokens_mean']:.0f}, range {w['dialogsum_tokens_min_max']}. Conversion (merge + int8) took "
-             f"{r['conversion_s']} s ahead of time. Medians of {len(next(iter(r['runs'].values())))} interleaved rounds; "
+             f"{r['conversion_s']} s ahead of time. "
+             f"Medians of {len(next(iter(r['runs'].values())))} interleaved rounds; "
              "'other CPU' is how many cores other processes kept busy during the measurement.", "",
              "| configuration | workload | summaries/s (median) | p95 s | mean batch | other CPU (cores) per round |",
              "|---|---|---|---|---|---|"]
@@ -266,12 +271,15 @@ def render_markdown(r: dict) -> str:
         name, workload = key.split("/")
         p95 = f"{statistics.median(x['p95_s'] for x in rs):.1f}" if "p95_s" in rs[0] else ""
         batch = f"{statistics.median(x.get('mean_batch_size', x.get('batch_size', 0)) for x in rs):.1f}"
-        lines.append(f"| {name.replace('_', ' ')} | {workload} | {r['median_throughput_per_s'][key]:.2f} | {p95} | {batch} | "
+        lines.append(f"| {name.replace('_', ' ')} | {workload} | {r['median_throughput_per_s'][key]:.2f} | "
+                     f"{p95} | {batch} | "
                      f"{', '.join(str(x['other_cpu_cores']) for x in rs)} |")
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in r["ratios"].items()]
-    lines += ["", f"Per-round ct2/torch (fixed): {', '.join(f'{x:.2f}' for x in r['per_round_ct2_over_torch_fixed'])}", ""]
+    per_round = ", ".join(f"{x:.2f}" for x in r["per_round_ct2_over_torch_fixed"])
+    lines += ["", f"Per-round ct2/torch (fixed): {per_round}", ""]
     lines += ["| resident memory | RSS MiB | peak MiB |", "|---|---|---|"]
-    lines += [f"| {k.replace('_', ' ')} | {v['rss_mib']:.0f} | {v['peak_rss_mib']:.0f} |" for k, v in r["memory"].items()]
+    lines += [f"| {k.replace('_', ' ')} | {v['rss_mib']:.0f} | {v['peak_rss_mib']:.0f} |"
+              for k, v in r["memory"].items()]
     lines += ["", "| goal | met |", "|---|---|"] + [f"| {k} | {'yes' if v else 'NO'} |" for k, v in r["goals"].items()]
     return "\n".join(lines) + "\n"
 

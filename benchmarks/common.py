@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from serving.launcher import metric_value
+from tools.dialogsum import read_dialogues
+from tools.launcher import metric_value
 
 REPO = Path(__file__).resolve().parent.parent
 # DialogSum is read in place from the shared folder beside the checkout, never copied here.
-DIALOGSUM_DEV = Path(os.environ.get("DIALOGSUM_DEV", REPO.parent / "shared" / "data" / "dialogsum" / "dialogsum.dev.jsonl"))
+DIALOGSUM_DEV = Path(os.environ.get("DIALOGSUM_DEV",
+                                    REPO.parent / "shared" / "data" / "dialogsum" / "dialogsum.dev.jsonl"))
 SAMPLE = REPO / "data" / "sample" / "train.jsonl"
 
 
@@ -24,8 +25,7 @@ def load_dialogues() -> tuple[list[str], str]:
     """DialogSum dev dialogues, or the project's own hand-written sample where DialogSum is absent."""
     for path in (DIALOGSUM_DEV, SAMPLE):
         if path.is_file():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            return [r["dialogue"] for r in rows], str(path)
+            return read_dialogues(path), str(path)
     raise SystemExit(f"no dialogues found at {DIALOGSUM_DEV} (set DIALOGSUM_DEV) or {SAMPLE}")
 
 
@@ -111,7 +111,8 @@ def drive(url: str, texts: list[str], concurrency: int, params: dict, timeout: f
     return {
         "requests": len(texts), "ok": len(latencies), "errors": errors[:5], "error_count": len(errors),
         "wall_s": wall, "throughput_per_s": len(latencies) / wall if wall else 0.0,
-        "p50_s": percentile(latencies, 0.50), "p95_s": percentile(latencies, 0.95), "p99_s": percentile(latencies, 0.99),
+        "p50_s": percentile(latencies, 0.50), "p95_s": percentile(latencies, 0.95),
+        "p99_s": percentile(latencies, 0.99),
         "mean_batch_size": delta("t5serving_batch_size_sum") / batches if batches else 0.0,
         "padding_ratio": (delta("t5serving_input_tokens_total") + delta("t5serving_padding_tokens_total"))
         / max(1.0, delta("t5serving_input_tokens_total")),

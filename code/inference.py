@@ -55,9 +55,9 @@ class UnsupportedAcceptError(InputError):
 
 # ---------------------------------------------------------------------------------------------
 # Generation parameters: name -> (type, default, minimum, maximum). The two limits come from the
-# environment (documented with the server's settings) so the same file works under AWS's toolkit. Ranges keep one request from
-# monopolising the model (max_new_tokens, num_beams) and reject values generate() would
-# silently misuse (temperature 0 with sampling, top_p outside (0, 1]).
+# environment (documented with the server's settings) so the same file works under AWS's
+# toolkit. Ranges keep one request from monopolising the model (max_new_tokens, num_beams) and
+# reject values generate() would silently misuse (temperature 0 with sampling, top_p outside (0, 1]).
 # ---------------------------------------------------------------------------------------------
 MAX_NEW_TOKENS_LIMIT = int(os.environ.get("MAX_NEW_TOKENS_LIMIT", "512"))
 DEFAULT_MAX_NEW_TOKENS = int(os.environ.get("DEFAULT_MAX_NEW_TOKENS", "128"))

@@ -1,9 +1,8 @@
 """Dialogues in DialogSum's JSONL format, and the request bodies users build from them.
 
-A line is ``{"dialogue": "#Person1#: ...\\n#Person2#: ...", "summary": "..."}`` (other fields,
-like DialogSum's ``fname`` and ``topic``, are ignored). Only ``dialogue`` is sent; ``summary``
-is checked to exist so a wrong file (e.g. a results file) is refused early instead of producing
-a load test of garbage.
+The file is read by tools/dialogsum.py (one reader for the whole repository), which refuses a
+wrong file (e.g. a results file) at its first bad line instead of producing a load test of garbage.
+Only ``dialogue`` is sent.
 """
 
 from __future__ import annotations
@@ -13,6 +12,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tools.dialogsum import DialogSumError, read_dialogues
+
+# What a bad dialogue file raises (the reader's own error).
+DatasetError = DialogSumError
 
 # Generation parameters as clients send them. Identical parameter sets are what the server's
 # batcher can put in one batch, so the mix decides how well batching can work:
@@ -29,10 +33,6 @@ PROFILES: dict[str, list[tuple[float, str, dict[str, Any]]]] = {
 }
 
 
-class DatasetError(ValueError):
-    """The dialogue file is missing or not in DialogSum's format; the message says where."""
-
-
 @dataclass(frozen=True)
 class Payload:
     """One request body and what it holds (for the per-request log)."""
@@ -47,34 +47,8 @@ class Payload:
 
 def load_dialogues(path: str | Path, limit: int | None = None, max_chars: int = 0) -> list[str]:
     """The ``dialogue`` texts of a DialogSum-format JSONL file, in file order; with max_chars,
-    only those of at most that many characters."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"dialogue file {path} does not exist; pass a DialogSum-format JSONL "
-                           "file (the repo ships loadtest/data/sample.jsonl)")
-    dialogues: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("dialogue"), str) \
-                    or "summary" not in row:
-                raise DatasetError(f'{path}:{number}: expected an object with "dialogue" (a string) '
-                                   'and "summary" (DialogSum format)')
-            if not row["dialogue"].strip():
-                raise DatasetError(f"{path}:{number}: empty dialogue")
-            if max_chars and len(row["dialogue"]) > max_chars:
-                continue
-            dialogues.append(row["dialogue"])
-            if limit is not None and len(dialogues) >= limit:
-                break
-    if not dialogues:
-        raise DatasetError(f"{path} holds no dialogues" + (f" of at most {max_chars} characters" if max_chars else ""))
-    return dialogues
+    only those of at most that many characters (tools/dialogsum.py reads it)."""
+    return read_dialogues(path, limit, max_chars)
 
 
 class PayloadFactory:

@@ -38,8 +38,7 @@ from locust.env import Environment  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
 from loadtest.dataset import PROFILES, PayloadFactory, load_dialogues  # noqa: E402
-from loadtest.plan import (PlanError, build_stages, check_bounds, check_url, parse_steps,  # noqa: E402
-                           parse_targets)
+from loadtest.plan import PlanError, build_stages, check_bounds, check_url, parse_steps, parse_targets  # noqa: E402
 from loadtest.promtext import parse_metrics  # noqa: E402
 from loadtest.shapes import StepShape  # noqa: E402,F401  (Locust finds the shape here)
 from loadtest.state import STATE  # noqa: E402
@@ -129,7 +128,8 @@ class Run:
         stages = build_stages(parse_steps(options.steps), options.step_seconds, list(self.targets))
         check_bounds(stages, options.drain_timeout)
         STATE.configure(stages, options.drain_timeout)
-        self.factory = PayloadFactory(load_dialogues(options.data, max_chars=options.max_dialogue_chars), max_new_tokens=options.max_new_tokens,
+        self.factory = PayloadFactory(load_dialogues(options.data, max_chars=options.max_dialogue_chars),
+                                      max_new_tokens=options.max_new_tokens,
                                       multi_fraction=options.multi_fraction, max_items=options.max_items,
                                       profile=options.params_profile)
         self.log: RequestLog | None = None

@@ -62,9 +62,9 @@ class Started:
 @contextlib.contextmanager
 def servers(specs: list[tuple[str, dict[str, str]]], model_dir: str, out_dir: Path,
             timeout: float) -> Iterator[list[Started]]:
-    """Serve model_dir once per (label, env) on free loopback ports, with serving.launcher (the
+    """Serve model_dir once per (label, env) on free loopback ports, with tools/launcher.py (the
     way tests and benchmarks start it); all load at once, all are stopped by PID on exit."""
-    from serving.launcher import running_server, wait_for
+    from tools.launcher import running_server, wait_for
 
     with contextlib.ExitStack() as stack:
         launched = [(label, stack.enter_context(running_server(model_dir, out_dir, env=env, wait=False)))
@@ -85,7 +85,7 @@ def ensure_devmodel(directory: Path, shape: str) -> Path:
     adapter = directory / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         print(f"loadtest: building a {shape} random dev model in {directory}", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "serving.devmodel", str(directory), "--shape", shape, "--adapter"],
+        subprocess.run([sys.executable, "-m", "tools.devmodel", str(directory), "--shape", shape, "--adapter"],
                        cwd=REPO_ROOT, check=True,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(
                            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))})
@@ -117,7 +117,7 @@ def model_note(info: dict[str, Any]) -> str:
     for key in ("model_dir", "base_model"):
         path = model.get(key)
         if path and (Path(path) / "DEV_MODEL.txt").is_file():
-            parts.append("RANDOM WEIGHTS (serving.devmodel): " + (Path(path) / "DEV_MODEL.txt").read_text().strip())
+            parts.append("RANDOM WEIGHTS (tools/devmodel.py): " + (Path(path) / "DEV_MODEL.txt").read_text().strip())
             break
     params = model.get("parameters")
     desc = f"{model.get('model', '?')}" + (f", {params:,} parameters" if isinstance(params, int) else "")
@@ -162,7 +162,8 @@ def run_locust(cmd: list[str], out_dir: Path, timeout: float) -> None:
                 proc.kill()
                 proc.wait()
             if isinstance(exc, subprocess.TimeoutExpired):
-                raise RunError(f"Locust ran past {timeout:.0f}s and was stopped; see {out_dir / 'locust.log'}") from None
+                raise RunError(f"Locust ran past {timeout:.0f}s and was stopped; "
+                               f"see {out_dir / 'locust.log'}") from None
             raise
     if code != 0:
         tail = (out_dir / "locust.log").read_text(errors="replace")[-2000:]
@@ -264,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": shlex.join(["python", "-m", "loadtest.run",
                                                                    *(sys.argv[1:] if argv is None else argv)]),
         "data": f"{args.data} ({len(dialogues)} dialogues"
-                + (f" of at most {args.max_dialogue_chars} characters)" if args.max_dialogue_chars else ")"), "request_mix": mix,
+                + (f" of at most {args.max_dialogue_chars} characters)" if args.max_dialogue_chars else ")"),
+        "request_mix": mix,
         "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "steps": args.steps, "step_seconds": args.step_seconds, "planned_max_seconds": planned,
     }
@@ -275,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.target == "sagemaker":
             targets = {"sagemaker": f"sagemaker:{args.endpoint_name}"}
-            run_info.update(targets_note=f"SageMaker endpoint {args.endpoint_name}", title=f"SageMaker {args.endpoint_name}")
+            run_info.update(targets_note=f"SageMaker endpoint {args.endpoint_name}",
+                            title=f"SageMaker {args.endpoint_name}")
             return _execute(args, targets, run_info, out_dir, run_time, planned, slo_labels)
         if args.target_url:
             targets = {labels[0]: args.target_url.rstrip("/")}

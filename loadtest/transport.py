@@ -100,7 +100,8 @@ class SageMakerTransport:
         self.client, self.endpoint_name = client, endpoint_name
 
     def invoke(self, label: str, body: bytes, items: int) -> Outcome:
-        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, ReadTimeoutError
+        from botocore.exceptions import ClientError, ReadTimeoutError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         try:
             response = self.client.invoke_endpoint(EndpointName=self.endpoint_name, Body=body,

@@ -2,7 +2,7 @@
 .PHONY: test-adapters bench-adapters bench-adapters-kernel serve-adapters
 
 test-adapters: ## Tests of multi-adapter serving and the SageMaker MME routes (tiny model, ~1.5 min)
-	PYTHONPATH=. $(PY) -m pytest -q tests/test_adapters.py tests/test_multi_model.py
+	$(PY) -m pytest -q tests/engines/test_multi_adapter.py tests/http/test_models_routes.py
 
 bench-adapters: ## Mixed vs grouped vs merged adapters on FLAN-T5-base's shape (takes /tmp/bench.lock)
 	PYTHONPATH=. flock /tmp/bench.lock $(PY) -m benchmarks.bench_adapters

@@ -61,8 +61,7 @@ endpoint-delete: ## Delete ENDPOINT_NAME, its autoscaling and the models/configs
 	$(PY) -m deploy delete
 
 test-aws: ## Deploy tests against moto + Stubber (no Docker, never real AWS)
-	$(PY) -m pytest -q tests/test_deploy_config.py tests/test_deploy_moto.py \
-	  tests/test_deploy_update.py tests/test_deploy_invoke.py
+	$(PY) -m pytest -q tests/deploy
 
 sdk-venv: ## Separate venv with the SageMaker Python SDK (local-mode test)
 	bash .ci/aws.sh sdk-venv

@@ -5,7 +5,7 @@ BENCH_ARGS ?=
 .PHONY: bench bench-model
 
 $(BENCH_MODEL_DIR)/config.json: | install
-	$(PY) -m serving.devmodel $(BENCH_MODEL_DIR) --shape flan-t5-base --adapter
+	$(PY) -m tools.devmodel $(BENCH_MODEL_DIR) --shape flan-t5-base --adapter
 
 bench-model: $(BENCH_MODEL_DIR)/config.json ## FLAN-T5-base-shaped random model (+ adapter) for benchmarks
 

@@ -19,11 +19,11 @@ serve-ct2: devmodel ## Serve the tiny dev adapter with ENGINE=ctranslate2 (conve
 
 ct2-test: install ## CTranslate2 engine tests + the hosting contract suite on both CTranslate2 compute types
 	$(PY) -c 'import ctranslate2' || { echo "ctranslate2 is not installed (the ctranslate2 extra)" >&2; exit 2; }
-	$(PY) -m pytest -q -rs tests/test_ctranslate2.py
+	$(PY) -m pytest -q -rs tests/engines/test_ctranslate2.py tests/models/test_convert.py
 	CONTRACT_ENGINE=ctranslate2-float32 $(PY) -m pytest -q -rs tests/contract
 	CONTRACT_ENGINE=ctranslate2-int8 $(PY) -m pytest -q -rs tests/contract
 
 bench-ct2: install ## CTranslate2 vs torch engine on the FLAN-T5-base shape (several minutes, under flock /tmp/bench.lock)
 	test -f $(or $(BENCH_MODEL_DIR),models/flan-t5-base)/adapter/adapter_config.json || \
-		$(PY) -m serving.devmodel $(or $(BENCH_MODEL_DIR),models/flan-t5-base) --shape flan-t5-base --adapter
+		$(PY) -m tools.devmodel $(or $(BENCH_MODEL_DIR),models/flan-t5-base) --shape flan-t5-base --adapter
 	flock /tmp/bench.lock $(PY) -m benchmarks.bench_ctranslate2 --model-dir $(or $(BENCH_MODEL_DIR),models/flan-t5-base) $(CT2_BENCH_ARGS)

@@ -16,7 +16,7 @@ ENDPOINT_NAME ?=
 .PHONY: data train evaluate test-train
 
 data: install $(if $(filter $(DEV_MODEL_DIR),$(BASE_MODEL)),devmodel) ## JSON/JSONL/CSV sources -> $(DATA_DIR)/{train,validation} channels + report.json
-	$(PY) -m serving.dataprep $(DATA_SOURCES) $(if $(DATA_VALIDATION),--validation-source $(DATA_VALIDATION)) \
+	$(PY) -m tools.dataprep $(DATA_SOURCES) $(if $(DATA_VALIDATION),--validation-source $(DATA_VALIDATION)) \
 		--out $(DATA_DIR) $(if $(wildcard $(BASE_MODEL)/tokenizer*.json),--tokenizer $(BASE_MODEL)) $(DATA_ARGS)
 
 $(DATA_DIR)/train/train.jsonl:
@@ -28,9 +28,10 @@ train: install devmodel $(DATA_DIR)/train/train.jsonl ## LoRA-train BASE_MODEL o
 		--output-data-dir $(TRAIN_OUT)/data --checkpoint-dir $(TRAIN_OUT)/checkpoints $(TRAIN_ARGS)
 
 evaluate: install ## ROUGE of a running endpoint (http://$(HOST):$(PORT), or ENDPOINT_NAME) on EVAL_DATA -> EVAL_REPORT
-	$(PY) -m serving.evaluate $(EVAL_DATA) \
+	$(PY) -m tools.evaluate $(EVAL_DATA) \
 		$(if $(ENDPOINT_NAME),--endpoint-name $(ENDPOINT_NAME),--url http://$(HOST):$(PORT)) \
 		--out $(EVAL_REPORT) --predictions $(basename $(EVAL_REPORT)).predictions.jsonl $(EVAL_ARGS)
 
 test-train: install ## Training, data-prep and evaluation tests (tiny model, ~2-3 min)
-	$(PY) -m pytest -q tests/test_train.py tests/test_dataprep.py tests/test_evaluate.py
+	$(PY) -m pytest -q tests/code/test_train.py tests/tools/test_dataprep.py tests/tools/test_evaluate.py \
+	  tests/tools/test_dialogsum.py

@@ -54,7 +54,8 @@ PANELS: list[tuple[str, str, str, list[dict[str, str]], str]] = [
      quantiles("t5serving_batch_compute_seconds"), "timeseries"),
     ("Padding ratio", "none", "Padded / real input tokens per batch (1 = no padding waste).",
      [mean("t5serving_batch_padding_ratio"),
-      q(f"(sum(rate(t5serving_input_tokens_total{{{SEL}}}[{RATE}])) + sum(rate(t5serving_padding_tokens_total{{{SEL}}}[{RATE}])))"
+      q(f"(sum(rate(t5serving_input_tokens_total{{{SEL}}}[{RATE}]))"
+        f" + sum(rate(t5serving_padding_tokens_total{{{SEL}}}[{RATE}])))"
         f" / sum(rate(t5serving_input_tokens_total{{{SEL}}}[{RATE}]))", "token-weighted")], "timeseries"),
     ("Tokens per second", "none", "Input, padding and generated tokens per second.",
      [q(f"sum(rate(t5serving_input_tokens_total{{{SEL}}}[{RATE}]))", "input"),

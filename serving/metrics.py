@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from serving.types import DropReason, RejectReason
+
 # The _created series double the output and no dashboard here uses them.
 disable_created_metrics()
 
@@ -21,6 +23,8 @@ TOKEN_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 
 
 class Metrics:
+    """The server's metrics, in a registry of its own."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         p = PREFIX
@@ -61,10 +65,10 @@ class Metrics:
         self.model_info = Gauge(f"{p}_model_info", "The model being served (value is always 1).",
                                 ["model", "base_model", "adapter", "adapter_sha256", "dtype", "device",
                                  "engine", "version"], registry=r)
-        for reason in ("queue_full", "draining", "not_ready"):
-            self.rejected.labels(reason)
-        for reason in ("deadline", "client_gone"):
-            self.expired.labels(reason)
+        for rejection in RejectReason:
+            self.rejected.labels(rejection)
+        for drop in DropReason:
+            self.expired.labels(drop)
 
     def observe_batch(self, size: int, real_tokens: int, padded_tokens: int, compute_s: float,
                       output_tokens: int, decode_steps: int) -> None:

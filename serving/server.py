@@ -12,15 +12,19 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
 
-from serving.app import create_app
+from serving.http.app import create_app
+from serving.http.runtime import Runtime
 from serving.settings import Settings
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; access-log lines carry their fields at the top level."""
+
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
@@ -47,7 +51,9 @@ def configure_logging(level: str) -> None:
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_drain) -> None:
+    """uvicorn, failing readiness at the first signal and exiting 0 after a SIGTERM drain."""
+
+    def __init__(self, config: uvicorn.Config, on_drain: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_drain = on_drain
 
@@ -64,7 +70,7 @@ def run(settings: Settings) -> int:
     configure_logging(settings.log_level)
     os.environ.update(settings.as_environment())
     app = create_app(settings)
-    runtime = app.state.runtime
+    runtime: Runtime = app.state.runtime
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, lifespan="on", proxy_headers=False,
                             timeout_graceful_shutdown=max(1, int(settings.graceful_shutdown_s)),

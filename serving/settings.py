@@ -353,9 +353,9 @@ def load_settings_with_sources(environ: Mapping[str, str] | None = None, config_
                 raise SettingsError(f"config file {config_file}: {exc}") from None
             sources[name] = f"file {config_file}"
     for f in dataclasses.fields(Settings):
-        raw = environ.get(f.metadata["env"])
-        if raw is not None and raw != "":
-            values[f.name] = _parse(f, raw)
+        from_env = environ.get(f.metadata["env"])
+        if from_env is not None and from_env != "":
+            values[f.name] = _parse(f, from_env)
             sources[f.name] = f"env {f.metadata['env']}"
     for name, value in overrides.items():
         if value is not None:
@@ -384,10 +384,11 @@ Generated from `serving/settings.py` by `make docs`; a test fails when this file
 
 Precedence: default < config file (`serve --config FILE` or `SERVING_CONFIG`, YAML keyed by field
 name or variable) < environment < command-line flags. The same file's `training:` section holds
-the training hyperparameters (`train --config FILE --print-config`; docs/training.md). `serve --print-config` prints the effective
-values and their sources. The server exports every value to its environment before loading the
-model script, which reads `DEVICE`, `TORCH_DTYPE`, `MAX_INPUT_TOKENS`, `BASE_MODEL_DIR` /
-`BASE_MODEL_ID` and the generation limits from there (as it must under AWS's toolkit too).
+the training hyperparameters (`train --config FILE --print-config`; docs/training.md).
+`serve --print-config` prints the effective values and their sources. The server exports every
+value to its environment before loading the model script, which reads `DEVICE`, `TORCH_DTYPE`,
+`MAX_INPUT_TOKENS`, `BASE_MODEL_DIR` / `BASE_MODEL_ID` and the generation limits from there (as
+it must under AWS's toolkit too).
 
 """
 

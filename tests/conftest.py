@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny T5 with a LoRA adapter at <dir>/adapter (built once per test session)."""
-    from serving.devmodel import make_dev_model
+    from tools.devmodel import make_dev_model
 
     return make_dev_model(tmp_path_factory.mktemp("tiny-model"), shape="tiny", adapter=True)
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from serving.settings import ENV_NAMES, Settings, SettingsError, load_settings, load_settings_with_sources
-from tests.helpers import REPO
+from tests.support import REPO
 
 
 def test_defaults_and_sagemaker_names():
@@ -22,7 +22,8 @@ def test_precedence_default_file_env_flag(tmp_path):
     config.write_text("max_batch_size: 8\nMAX_BATCH_DELAY_MS: 5\nwarmup: false\nmax_queue_size: 10\n")
     settings, sources = load_settings_with_sources({"MAX_BATCH_SIZE": "12", "MAX_QUEUE_SIZE": "20"},
                                                    config_file=config, max_queue_size=30)
-    assert (settings.max_batch_size, settings.max_batch_delay_ms, settings.warmup, settings.max_queue_size) == (12, 5.0, False, 30)
+    assert (settings.max_batch_size, settings.max_batch_delay_ms, settings.warmup, settings.max_queue_size) == \
+        (12, 5.0, False, 30)
     assert sources["max_batch_size"] == "env MAX_BATCH_SIZE"
     assert sources["max_batch_delay_ms"] == f"file {config}"
     assert sources["max_queue_size"] == "command line"

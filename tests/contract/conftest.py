@@ -23,8 +23,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.equivalence import CTranslate2Oracle, GreedyOracle
-from tests.helpers import running_server, wait_for
+from tests.support import running_server, wait_for
+from tests.support.equivalence import CTranslate2Oracle, GreedyOracle
 
 ENGINES = {
     "torch": {"ENGINE": "torch"},
@@ -74,8 +74,8 @@ def oracle(target, tiny_adapter_dir, tmp_path_factory):
     if target in ("torch", "ctranslate2-float32"):
         return GreedyOracle(str(tiny_adapter_dir))
     if target == "ctranslate2-int8":
-        from serving.engine import create_engine
-        from serving.handlers import load_handlers
+        from serving.engines import create_engine
+        from serving.models.handlers import load_handlers
         from serving.settings import load_settings
 
         settings = load_settings({}, engine="ctranslate2", compute_type="int8",

@@ -14,8 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.equivalence import Agreement, summarise
-from tests.helpers import metric_value
+from tests.support import metric_value
+from tests.support.equivalence import Agreement, summarise
+
+# slow: a real server process per engine (torch, CTranslate2 float32 and int8), 64 concurrent clients
+pytestmark = pytest.mark.slow
 
 TURNS = [
     "#Person1#: Hi, I'd like to book a table for two tonight.",
@@ -191,12 +194,15 @@ def test_different_parameters_are_not_mixed(client, oracle):
     (b'{"inputs": []}', "application/json", 400, "invalid_input", "empty list"),
     (b'{"inputs": 42}', "application/json", 400, "invalid_input", "must be a string"),
     (b'{"text": "hi"}', "application/json", 400, "invalid_input", "unknown field"),
-    (b'{"inputs": "hi", "parameters": {"max_new_tokens": 100000}}', "application/json", 400, "invalid_input", "max_new_tokens"),
+    (b'{"inputs": "hi", "parameters": {"max_new_tokens": 100000}}', "application/json", 400, "invalid_input",
+     "max_new_tokens"),
     (b'{"inputs": "hi", "parameters": {"num_beams": 0}}', "application/json", 400, "invalid_input", "num_beams"),
-    (b'{"inputs": "hi", "parameters": {"temperature": "hot"}}', "application/json", 400, "invalid_input", "temperature"),
+    (b'{"inputs": "hi", "parameters": {"temperature": "hot"}}', "application/json", 400, "invalid_input",
+     "temperature"),
     (b'{"inputs": "hi", "parameters": {"top_p": 1.5}}', "application/json", 400, "invalid_input", "top_p"),
     (b'{"inputs": "hi", "parameters": {"beam_width": 2}}', "application/json", 400, "invalid_input", "beam_width"),
-    (b'{"inputs": "hi", "parameters": {"min_new_tokens": 9, "max_new_tokens": 3}}', "application/json", 400, "invalid_input", "min_new_tokens"),
+    (b'{"inputs": "hi", "parameters": {"min_new_tokens": 9, "max_new_tokens": 3}}', "application/json", 400,
+     "invalid_input", "min_new_tokens"),
     (b'{"inputs": "hi", "parameters": [1]}', "application/json", 400, "invalid_input", "parameters"),
     (b"\xff\xfe", "text/plain", 400, "invalid_input", "UTF-8"),
 ])
@@ -238,7 +244,8 @@ def test_metrics_exposition(client):
                  "t5serving_queue_wait_seconds_bucket", "t5serving_batch_size_bucket",
                  "t5serving_batch_padding_ratio_bucket", "t5serving_time_per_output_token_seconds_bucket",
                  "t5serving_input_tokens_total", "t5serving_output_tokens_total", "t5serving_padding_tokens_total",
-                 "t5serving_queue_depth", "t5serving_queue_capacity", "t5serving_inflight_requests", "t5serving_rejected_requests_total",
+                 "t5serving_queue_depth", "t5serving_queue_capacity", "t5serving_inflight_requests",
+                 "t5serving_rejected_requests_total",
                  "t5serving_expired_items_total", "t5serving_model_load_seconds", "t5serving_model_info",
                  "t5serving_ready"):
         assert name in text, name

@@ -11,11 +11,9 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 import uuid
@@ -26,6 +24,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import tomllib
+
+from tests.support import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_LABEL = "t5serving.test"  # .ci/docker.sh's docker_down removes leftovers by this label
@@ -50,12 +51,6 @@ def docker(*args: str, check: bool = True, timeout: float = 120, **kw) -> subpro
         raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}: "
                              f"{proc.stderr.strip() or proc.stdout.strip()}")
     return proc
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,

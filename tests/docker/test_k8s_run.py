@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_MOUNT = "/models/tiny"
@@ -90,12 +91,6 @@ def quantity(value: str | int) -> Decimal:
     if not m:
         raise ValueError(f"not a Kubernetes quantity: {value!r}")
     return Decimal(m.group(1)) * Decimal(_SUFFIX[m.group(2) or ""])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, timeout: float, body: bytes | None = None) -> int:
@@ -199,7 +194,7 @@ def run_probe(url: str, probe: dict[str, Any], deadline_s: float | None = None) 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("model") / "tiny"
-    proc = subprocess.run([sys.executable, "-m", "serving.devmodel", str(out), "--shape", "tiny", "--adapter"],
+    proc = subprocess.run([sys.executable, "-m", "tools.devmodel", str(out), "--shape", "tiny", "--adapter"],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.support import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -96,7 +97,7 @@ def loopback_network():
 @pytest.fixture(scope="module")
 def model_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from deploy import package
-    from serving.devmodel import make_dev_model
+    from tools.devmodel import make_dev_model
 
     root = tmp_path_factory.mktemp("sdk-model")
     tiny = make_dev_model(root / "tiny", shape="tiny", adapter=True)
@@ -136,18 +137,12 @@ def _sdk_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sdk_local_mode_serves_summaries(loopback_network: str, model_tarball: Path,
                                         tmp_path: Path) -> None:
     texts = ["#Person1#: Where is the train station? #Person2#: Two blocks north.",
              "#Person1#: Did you finish the report? #Person2#: Not yet, tomorrow."]
     cmd = [SDK_PYTHON, "-m", "deploy.sdk_local", "serve", "--image", os.environ["T5S_IMAGE"],
-           "--model-data", f"file://{model_tarball}", "--port", str(_free_port()),
+           "--model-data", f"file://{model_tarball}", "--port", str(free_port()),
            "--env", "SAGEMAKER_PROGRAM=inference.py", "--env", "MAX_BATCH_DELAY_MS=5",
            "--env", "GRACEFUL_SHUTDOWN_S=5",
            "--timeout", "240", "--result", str(tmp_path / "result.json")]

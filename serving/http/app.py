@@ -1,0 +1,52 @@
+"""The HTTP app: SageMaker's hosting contract plus Kubernetes health checks and metrics.
+
+``create_app`` only assembles: one Runtime (serving/http/runtime.py), the routers of
+serving/http/routes/, the middlewares and the exception handlers, and a lifespan that loads the
+model in the background and drains the batcher at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from serving.engines import Engine
+from serving.http.exception_handlers import install_exception_handlers
+from serving.http.middleware import InvokeRewrite, MetricsMiddleware
+from serving.http.routes import health, info, models, sagemaker
+from serving.http.runtime import Runtime
+from serving.models.handlers import Handlers
+from serving.settings import Settings
+from serving.version import __version__
+
+
+def create_app(settings: Settings, engine: Engine | None = None, handlers: Handlers | None = None) -> FastAPI:
+    runtime = Runtime(settings, engine=engine, handlers=handlers)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        load_task = asyncio.create_task(runtime.load(), name="model-load")
+        app.state.load_task = load_task
+        try:
+            yield
+        finally:
+            load_task.cancel()
+            await runtime.shutdown()
+
+    app = FastAPI(title="t5-serving", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runtime = runtime
+    app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
+    if settings.multi_adapter_enabled:
+        if settings.engine != "torch":
+            raise ValueError(f"multi-adapter mode (MULTI_ADAPTER, SAGEMAKER_MULTI_MODEL, ADAPTERS_DIR) needs "
+                             f"ENGINE=torch, not ENGINE={settings.engine}: other engines serve one merged model")
+        app.include_router(models.router(runtime))
+        app.add_middleware(InvokeRewrite)  # added last, so it runs first: invokes count as /invocations
+    install_exception_handlers(app)
+    for concern in (health, info, sagemaker):
+        app.include_router(concern.router(runtime))
+    return app

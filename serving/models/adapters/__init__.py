@@ -1,0 +1,20 @@
+"""Many LoRA adapters (and extra full models) on one base: names, files, limits and accounting.
+
+``naming`` says what a client may call an adapter and which headers choose one; ``locate``
+finds a load url's files; ``registry`` keeps what is resident (``resident``) within
+MAX_ADAPTERS and ADAPTER_MEMORY_MB (``memory``, ``weights``) and reports it (``metrics``);
+``pinning`` fixes each request's adapter at admission. The multi-adapter engine
+(serving/engines/multi_adapter.py) owns the registry and does the loading.
+"""
+
+from serving.models.adapters.errors import AdapterError
+from serving.models.adapters.locate import adapter_dirs, locate_model_dir, read_json
+from serving.models.adapters.naming import (ADAPTER_HEADER, BASE, ROUTE_MODEL_HEADER, TARGET_MODEL_HEADER,
+                                            validate_name)
+from serving.models.adapters.pinning import pin_request_adapters
+from serving.models.adapters.registry import AdapterHost, AdapterRegistry
+from serving.models.adapters.resident import Resident
+
+__all__ = ["ADAPTER_HEADER", "BASE", "ROUTE_MODEL_HEADER", "TARGET_MODEL_HEADER", "AdapterError",
+           "AdapterHost", "AdapterRegistry", "Resident", "adapter_dirs", "locate_model_dir", "pin_request_adapters",
+           "read_json", "validate_name"]

@@ -1,0 +1,387 @@
+"""Adapter registry: which LoRA adapters (and extra full models) are resident, under which name.
+
+One registry per multi-adapter server (the multi-adapter engine owns it). It
+
+- names things: the public name (serving/models/adapters/naming.py) maps to an internal id that
+  is unique per load and never reused, so a request queued for "acme" can never run with a
+  later, different "acme";
+- validates an adapter before anything is loaded (the engine checks config, weights, shapes
+  against the base), so a bad adapter gets 400 with the reason and the resident ones keep serving;
+- accounts memory (bytes of the loaded tensors) and enforces MAX_ADAPTERS and
+  ADAPTER_MEMORY_MB: over a limit it evicts the least recently used idle adapter (lru) or
+  answers 507 (refuse; SageMaker multi-model endpoints unload one and retry);
+- counts the items queued or running per adapter, so an unload waits for them
+  (ADAPTER_UNLOAD_TIMEOUT_S) and items still queued afterwards fail with a clear 404.
+
+Registry state lives on the event loop; file reading, validation and weight injection run in
+threads (injection under the engine's lock, between two batches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import CollectorRegistry
+
+from serving.models.adapters.errors import AdapterError
+from serving.models.adapters.locate import locate_model_dir
+from serving.models.adapters.memory import MEMORY_HEADROOM_BYTES, available_memory_bytes
+from serving.models.adapters.metrics import AdapterMetrics
+from serving.models.adapters.naming import (ADAPTER_HEADER, BASE, ROUTE_MODEL_HEADER, TARGET_MODEL_HEADER,
+                                            adapter_not_found, validate_name)
+from serving.models.adapters.resident import Resident
+from serving.models.adapters.weights import weight_file_bytes, weights_sha256
+from serving.types import Item, ResidentKind, ResidentState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from serving.settings import Settings
+
+logger = logging.getLogger("t5serving.adapters")
+
+LIST_PAGE_SIZE = 100
+
+
+class AdapterHost(Protocol):
+    """What the registry needs from the engine that serves the adapters; all three block."""
+
+    def prepare(self, kind: ResidentKind, path: Path) -> tuple[dict[str, Any], int, Any]:
+        """Validate and read a model without touching the served one: (details, bytes, payload)."""
+        ...
+
+    def install(self, internal: str, kind: ResidentKind, payload: Any) -> Any:
+        """Make a prepared model servable under its internal id, between two batches."""
+        ...
+
+    def remove(self, internal: str, kind: ResidentKind) -> None:
+        """Free a model, between two batches."""
+        ...
+
+
+class QueuedWork(Protocol):
+    """A queued item as the batcher holds it: the registry counts it until its future settles."""
+
+    item: Item
+    future: asyncio.Future[Any]
+
+
+class AdapterRegistry:
+    """Names, limits, LRU order and reference counts; the engine (an AdapterHost) does the heavy
+    lifting."""
+
+    def __init__(self, settings: Settings, engine: AdapterHost) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.entries: OrderedDict[str, Resident] = OrderedDict()   # LRU order: oldest use first
+        self._ids = itertools.count(1)
+        self._full_models: set[str] = set()  # internal ids of full models (own batches)
+        self.metrics: AdapterMetrics | None = None
+        self.sagemaker = settings.sagemaker_multi_model
+        mode = settings.adapter_eviction
+        self.evict_lru = mode == "lru" or (mode == "auto" and not self.sagemaker)
+        self.memory_budget = int(settings.adapter_memory_mb * 1024 * 1024)
+        self.evictions = 0
+
+    # -- lookups -----------------------------------------------------------------------------
+    @property
+    def used_bytes(self) -> int:
+        return sum(e.bytes for e in self.entries.values())
+
+    def names(self) -> list[str]:
+        return [n for n, e in self.entries.items() if e.state is ResidentState.READY]
+
+    def get(self, name: str) -> Resident:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise adapter_not_found(name, self.names())
+        return entry
+
+    def lookup(self, name: str) -> Resident | None:
+        """The ready entry for a request (None for the base model); 404 / 503 otherwise."""
+        if name == BASE:
+            return None
+        entry = self.entries.get(name)
+        if entry is None or entry.state is ResidentState.UNLOADING:
+            raise adapter_not_found(name, self.names())
+        if entry.state is ResidentState.LOADING:
+            raise AdapterError(503, "adapter_loading", f"adapter {name!r} is still loading; retry shortly",
+                               headers={"Retry-After": "1"})
+        return entry
+
+    def _target_model(self, header: str) -> str:
+        """Map SageMaker's TargetModel (e.g. 'acme.tar.gz' or 'a/b/acme.tar.gz') to a name."""
+        if header in self.entries:
+            return header
+        stem = header.rsplit("/", 1)[-1]
+        for suffix in (".tar.gz", ".tgz"):
+            stem = stem.removesuffix(suffix)
+        if stem in self.entries:
+            return stem
+        for name, entry in self.entries.items():
+            if entry.url.rstrip("/").endswith(header.rstrip("/")):
+                return name
+        return header
+
+    def pin(self, items: Sequence[Item], headers: Mapping[str, str]) -> None:
+        """Fix each item's adapter now, at admission: its public name and the internal id of the
+        load it must run with. Raises 404/503/400 before anything is queued."""
+        route = headers.get(ROUTE_MODEL_HEADER)
+        chosen = headers.get(ADAPTER_HEADER)
+        if not chosen and headers.get(TARGET_MODEL_HEADER):
+            chosen = self._target_model(headers[TARGET_MODEL_HEADER])
+        now = time.monotonic()
+        for index, item in enumerate(items):
+            own = item.get("adapter")
+            if route is not None and own not in (None, route):
+                raise AdapterError(400, "adapter_conflict",
+                                   f"item {index} names adapter {own!r} but the route /models/{route}/invoke "
+                                   f"names {route!r}; drop one")
+            name = route or own or chosen or self.settings.default_adapter
+            entry = self.lookup(name)
+            item["adapter"] = name
+            item["adapter_id"] = entry.internal if entry is not None else BASE
+            if entry is not None:
+                entry.last_used = now
+                self.entries.move_to_end(name)
+
+    def track(self, work: Sequence[QueuedWork]) -> None:
+        """Count queued items per adapter until their futures settle (result, error or drop)."""
+        for w in work:
+            name = w.item.get("adapter")
+            entry = self.entries.get(name) if name and name != BASE else None
+            if entry is None or entry.internal != w.item.get("adapter_id"):
+                continue
+            entry.refs += 1
+            w.future.add_done_callback(partial(self._release, entry))
+
+    def _release(self, entry: Resident, future: asyncio.Future[Any]) -> None:
+        entry.refs -= 1
+        if self.metrics is not None and self.entries.get(entry.name) is entry:
+            failed = future.cancelled() or future.exception() is not None
+            self.metrics.items.labels(entry.name, "error" if failed else "ok").inc()
+        if entry.refs <= 0 and entry.idle is not None:
+            entry.idle.set()
+
+    def batch_apart(self, item: Item) -> str | None:
+        """What keeps a pinned item out of other adapters' batches, beyond its parameters: the
+        full model it needs (a full model cannot share a forward pass), or its adapter when
+        ADAPTER_BATCHING=grouped. None: it may share a batch with any adapter."""
+        internal = item.get("adapter_id") or BASE
+        if self.settings.adapter_batching == "grouped" or internal in self._full_models:
+            return internal
+        return None
+
+    # -- load --------------------------------------------------------------------------------
+    def _reserve(self, name: str, url: str) -> Resident:
+        validate_name(name)
+        existing = self.entries.get(name)
+        if existing is not None:
+            if self.metrics:
+                self.metrics.loads.labels("conflict").inc()
+            raise AdapterError(409, "model_already_loaded",
+                               f"model {name!r} is already {existing.state} (from {existing.url}); "
+                               f"DELETE /models/{name} first to replace it")
+        entry = Resident(name=name, internal=f"a{next(self._ids)}", url=url)
+        self.entries[name] = entry
+        return entry
+
+    def _room_needed(self, size: int, exclude: Resident) -> list[Resident]:
+        """Entries to evict so that one more of ``size`` bytes fits; raises 507 if it cannot."""
+        others = [e for e in self.entries.values() if e is not exclude]
+        count_over = len(others) + 1 - self.settings.max_adapters
+        bytes_over = self.used_bytes - exclude.bytes + size - self.memory_budget
+        if size > self.memory_budget:
+            raise AdapterError(507, "insufficient_memory",
+                               f"{exclude.name!r} needs {size / 2**20:.1f} MiB, more than ADAPTER_MEMORY_MB="
+                               f"{self.settings.adapter_memory_mb:g} in total")
+        victims: list[Resident] = []
+        if count_over > 0 or bytes_over > 0:
+            if not self.evict_lru:
+                why = (f"{len(others)} models are resident (MAX_ADAPTERS={self.settings.max_adapters})"
+                       if count_over > 0 else
+                       f"{self.used_bytes / 2**20:.1f} MiB of ADAPTER_MEMORY_MB={self.settings.adapter_memory_mb:g} "
+                       f"is in use and {exclude.name!r} needs {size / 2**20:.1f} MiB")
+                raise AdapterError(507, "insufficient_memory", f"cannot load {exclude.name!r}: {why}; unload one")
+            freed = 0
+            for entry in others:  # LRU order
+                if count_over - len(victims) <= 0 and bytes_over - freed <= 0:
+                    break
+                if entry.state is ResidentState.READY and entry.refs == 0:
+                    victims.append(entry)
+                    freed += entry.bytes
+            if count_over - len(victims) > 0 or bytes_over - freed > 0:
+                raise AdapterError(507, "insufficient_memory",
+                                   f"cannot load {exclude.name!r}: the limits (MAX_ADAPTERS, ADAPTER_MEMORY_MB) are "
+                                   "reached and every resident adapter has requests queued")
+        available = available_memory_bytes()
+        if available is not None and size + MEMORY_HEADROOM_BYTES > available + sum(v.bytes for v in victims):
+            raise AdapterError(507, "insufficient_memory",
+                               f"cannot load {exclude.name!r} ({size / 2**20:.1f} MiB): only "
+                               f"{available / 2**20:.0f} MiB of memory is available")
+        return victims
+
+    def _locate_blocking(self, entry: Resident) -> tuple[Path, ResidentKind, int]:
+        path = locate_model_dir(entry.url, self.settings.model_cache_dir)
+        kind = ResidentKind.ADAPTER if (path / "adapter_config.json").is_file() else ResidentKind.MODEL
+        return path, kind, weight_file_bytes(path)
+
+    def _prepare_blocking(self, kind: ResidentKind, path: Path) -> tuple[dict[str, Any], int, Any]:
+        details, size, payload = self.engine.prepare(kind, path)
+        return {**details, "weights_sha256": weights_sha256(path)}, size, payload
+
+    def _set_kind(self, entry: Resident, kind: ResidentKind, path: Path) -> None:
+        entry.kind, entry.path = kind, str(path)
+        if kind is ResidentKind.MODEL:
+            self._full_models.add(entry.internal)
+
+    def _finish(self, entry: Resident, details: dict[str, Any], size: int, started: float) -> None:
+        entry.details, entry.bytes = details, size
+        entry.load_seconds = time.monotonic() - started
+        entry.state = ResidentState.READY
+        entry.last_used = time.monotonic()
+        self.entries.move_to_end(entry.name)
+        if self.metrics:
+            self.metrics.loads.labels("ok").inc()
+            self.metrics.add(entry)
+            self._update_totals()
+        logger.info("loaded %s %r from %s in %.2fs (%.1f MiB)", entry.kind, entry.name, entry.url,
+                    entry.load_seconds, size / 2**20)
+
+    def _fail(self, entry: Resident, exc: BaseException) -> None:
+        if self.entries.get(entry.name) is entry:
+            del self.entries[entry.name]
+        self._full_models.discard(entry.internal)
+        if self.metrics:
+            status = getattr(exc, "status_code", 500)
+            result = {400: "invalid", 507: "no_memory"}.get(status, "error")
+            self.metrics.loads.labels(result).inc()
+
+    def load_blocking(self, name: str, url: str) -> Resident:
+        """Load at start-up (no event loop, no traffic yet); evicts nothing."""
+        started = time.monotonic()
+        entry = self._reserve(name, url)
+        try:
+            path, kind, estimate = self._locate_blocking(entry)
+            self._set_kind(entry, kind, path)
+            if kind is ResidentKind.MODEL and self._room_needed(estimate, entry):
+                raise AdapterError(507, "insufficient_memory", f"no room for {name!r} at start-up")
+            details, size, payload = self._prepare_blocking(kind, path)
+            if self._room_needed(size, entry):
+                raise AdapterError(507, "insufficient_memory", f"no room for {name!r} at start-up")
+            entry.handle = self.engine.install(entry.internal, kind, payload)
+        except BaseException as exc:
+            self._fail(entry, exc)
+            raise
+        self._finish(entry, details, size, started)
+        return entry
+
+    async def load(self, name: str, url: str) -> Resident:
+        """POST /models: validate, make room (or 507), inject; the name answers 503 meanwhile."""
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        entry = self._reserve(name, url)
+        try:
+            path, kind, estimate = await loop.run_in_executor(None, self._locate_blocking, entry)
+            self._set_kind(entry, kind, path)
+            if kind is ResidentKind.MODEL:  # check before reading a whole model into memory
+                self._room_needed(estimate, entry)
+            details, size, payload = await loop.run_in_executor(None, self._prepare_blocking, kind, path)
+            victims = self._room_needed(size, entry)
+            for victim in victims:  # mark all first: none may admit new requests meanwhile
+                victim.state = ResidentState.UNLOADING
+            for victim in victims:
+                await self._drain_and_remove(victim, reason="evicted")
+            entry.handle = await loop.run_in_executor(None, self.engine.install, entry.internal, kind, payload)
+        except BaseException as exc:
+            self._fail(entry, exc)
+            if isinstance(exc, (AdapterError, asyncio.CancelledError)):
+                raise
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int) and 400 <= status < 600:
+                raise AdapterError(status, str(getattr(exc, "error", "invalid_model")), str(exc)) from None
+            logger.exception("loading %r from %s failed", name, url)
+            raise AdapterError(500, "model_load_failed",
+                               f"loading {name!r} failed: {exc.__class__.__name__}: {exc}") from None
+        self._finish(entry, details, size, started)
+        return entry
+
+    # -- unload ------------------------------------------------------------------------------
+    async def unload(self, name: str, reason: str = "request") -> Resident:
+        """Stop admitting requests for ``name``, wait for its queued ones, then free it."""
+        entry = self.entries.get(name)
+        if entry is None or entry.state is ResidentState.UNLOADING:
+            raise adapter_not_found(name, self.names())
+        if entry.state is ResidentState.LOADING:
+            raise AdapterError(409, "model_loading", f"model {name!r} is still loading; unload it after the load returns")
+        entry.state = ResidentState.UNLOADING
+        await self._drain_and_remove(entry, reason)
+        return entry
+
+    async def _drain_and_remove(self, entry: Resident, reason: str) -> None:
+        name = entry.name
+        if entry.refs > 0:
+            entry.idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(entry.idle.wait(), self.settings.adapter_unload_timeout_s)
+            except TimeoutError:
+                logger.warning("unloading %r with %d items still queued after ADAPTER_UNLOAD_TIMEOUT_S=%g; "
+                               "they fail with adapter_unloaded", name, entry.refs,
+                               self.settings.adapter_unload_timeout_s)
+        # The engine removes it between two batches (its lock), so no batch sees half an adapter.
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.remove, entry.internal, entry.kind)
+        if self.entries.get(name) is entry:
+            del self.entries[name]
+        self._full_models.discard(entry.internal)
+        if reason == "evicted":
+            self.evictions += 1
+        if self.metrics:
+            self.metrics.unloads.labels(reason).inc()
+            self.metrics.remove(name)
+            self._update_totals()
+        logger.info("unloaded %s %r (%s)", entry.kind, name, reason)
+
+    # -- reporting ---------------------------------------------------------------------------
+    def bind_metrics(self, registry: CollectorRegistry) -> None:
+        if self.metrics is None:
+            self.metrics = AdapterMetrics(registry)
+        for entry in self.entries.values():
+            if entry.state is ResidentState.READY:  # loaded at start-up, before the metrics existed
+                self.metrics.add(entry)
+                self.metrics.loads.labels("ok").inc()
+        self._update_totals()
+
+    def _update_totals(self) -> None:
+        if self.metrics:
+            self.metrics.resident.set(len(self.entries))
+            self.metrics.memory_total.set(self.used_bytes)
+
+    def list_page(self, token: str | None) -> dict[str, Any]:
+        """GET /models in SageMaker's shape, paginated with nextPageToken as an offset."""
+        try:
+            start = int(token) if token else 0
+        except ValueError:
+            raise AdapterError(400, "invalid_page_token", f"next_page_token {token!r} is not one this server issued") from None
+        ready = [e for e in self.entries.values() if e.state is ResidentState.READY]
+        ready.sort(key=lambda e: e.name)
+        page = ready[start:start + LIST_PAGE_SIZE]
+        body: dict[str, Any] = {"models": [{"modelName": e.name, "modelUrl": e.url} for e in page]}
+        if start + LIST_PAGE_SIZE < len(ready):
+            body["nextPageToken"] = str(start + LIST_PAGE_SIZE)
+        return body
+
+    def info(self) -> dict[str, Any]:
+        s = self.settings
+        return {"resident": [e.public() for e in self.entries.values()],
+                "count": len(self.entries), "memory_bytes": self.used_bytes,
+                "limits": {"max_adapters": s.max_adapters, "adapter_memory_mb": s.adapter_memory_mb,
+                           "eviction": "lru" if self.evict_lru else "refuse",
+                           "unload_timeout_s": s.adapter_unload_timeout_s},
+                "batching": s.adapter_batching, "default_adapter": s.default_adapter,
+                "sagemaker_multi_model": s.sagemaker_multi_model, "evictions": self.evictions}
