@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, free_port
+from tests.support import REPO, ServerProcess, free_port, running_server
 
 SERVE = REPO / "container" / "sagemaker_toolkit" / "serve.py"
 STOCK_HANDLER = "sagemaker_inference.default_handler_service"
@@ -166,11 +166,8 @@ def toolkit(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def ours(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("ours") / "server.log"
-    command = [sys.executable, "-m", "serving.cli", "--model-dir", str(model_dir), "--port", str(port)]
-    with _started(command, _env(), log_path, port, None) as server:
+def ours(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(model_dir, tmp_path_factory.mktemp("ours"), ready_timeout=START_TIMEOUT_S) as server:
         yield server
 
 
