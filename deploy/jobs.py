@@ -39,6 +39,13 @@ TRANSFORM = JobKind("transform job", "describe_transform_job", "stop_transform_j
                     "TransformJobName", "TransformJobStatus", "/aws/sagemaker/TransformJobs")
 
 
+def job_name(prefix: str, now: float | None = None) -> str:
+    """``<prefix>-YYYYmmdd-HHMMSS``: a job name can never be reused, so it is unique per start
+    rather than derived from the inputs (as endpoint resources are)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{prefix[:47].rstrip('-')}-{stamp}"
+
+
 class JobError(RuntimeError):
     """The job failed, was stopped, or could not be waited for; the message says which."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from deploy.config import ConfigError, check_s3_uri
 from deploy.package import parse_s3_uri
 
@@ -17,6 +19,17 @@ def as_prefix(uri: str) -> str:
 
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def object_etag(s3: Any, uri: str) -> str | None:
+    """The object's ETag, None when it does not exist."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    try:
+        return str(s3.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
 
 
 def list_keys(s3: Any, uri: str) -> list[str]:

@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from deploy.async_endpoint import async_inference_config
 from deploy.aws import is_not_found
 from deploy.config import DeployConfig, ScalingConfig  # noqa: F401 (re-exported)
+from deploy.s3data import object_etag
 # Re-exported: the autoscaling helpers lived here before deploy/scaling.py.
 from deploy.scaling import (alarm_name, apply_scaling, delete_alarm,  # noqa: F401
                             deregister_scaling, ensure_scaling, policy_name, remove_scaling,
@@ -116,14 +117,10 @@ def _tags(cfg: DeployConfig) -> list[dict[str, str]]:
 
 def _model_data_version(s3: Any, uri: str) -> str:
     """The object's ETag, so re-uploading different bytes to the same key counts as a change."""
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    try:
-        return s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        if code in ("404", "NoSuchKey", "NotFound"):
-            raise DeployError(f"model data {uri} does not exist (make package uploads it)") from None
-        raise
+    etag = object_etag(s3, uri)
+    if etag is None:
+        raise DeployError(f"model data {uri} does not exist (make package uploads it)")
+    return etag
 
 
 def _ensure_model(sm: Any, cfg: DeployConfig, name: str, undo: _Undo, log: Log) -> None:

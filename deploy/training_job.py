@@ -25,7 +25,7 @@ from deploy import s3data
 from deploy.config import (ConfigError, check_image_uri, check_instance_type, check_name,
                            check_role_arn, check_s3_uri, env_or, flag_or_env, positive_float,
                            positive_int)
-from deploy.jobs import TRAINING, JobError, Log, wait_or_stop
+from deploy.jobs import TRAINING, JobError, Log, job_name, wait_or_stop
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "code" / "train.py"
@@ -118,13 +118,6 @@ class TrainingJobConfig:
         # SageMaker itself stops the job at max_wait/max_run; ours only guards against a
         # status that never settles.
         return float(self.max_wait_s if self.spot and self.max_wait_s else self.max_run_s) + 1800
-
-
-def job_name(prefix: str, now: float | None = None) -> str:
-    """``<prefix>-YYYYmmdd-HHMMSS``: a training job name can never be reused, so it is
-    unique per start rather than derived from the inputs."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-    return f"{prefix[:47].rstrip('-')}-{stamp}"
 
 
 def channels_from(data_s3_uri: str | None, data_report: str | None) -> dict[str, str]:

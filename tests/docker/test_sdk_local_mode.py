@@ -2,8 +2,8 @@
 
 ``Model.deploy(instance_type="local")`` runs the image through docker compose with a
 model.tar.gz made by ``deploy.package`` (tiny random adapter + base + code/inference.py), and
-the SDK's runtime client gets summaries back. ``Estimator.fit`` runs the image's ``train``
-once code/train.py exists.
+the SDK's runtime client gets summaries back. Training jobs and batch transform in local
+mode: test_sdk_local_training.py.
 
 The SDK lives in its own venv (T5S_SDK_PYTHON; .ci/aws.sh builds it), so its pins never touch
 the serving venv. Needs DOCKER_HOST (engine), T5S_IMAGE (built image), docker compose v2.
@@ -169,27 +169,6 @@ def test_sdk_local_mode_serves_summaries(loopback_network: str, model_tarball: P
     while (running := _run("ps", "-q", "--filter", f"network={loopback_network}").stdout.split()):
         assert time.monotonic() < deadline, f"still running after delete_endpoint: {running}"
         time.sleep(1)
-
-
-def test_sdk_local_mode_estimator_fit(loopback_network: str, tmp_path: Path) -> None:
-    if not (REPO / "code" / "train.py").exists():
-        pytest.skip("code/train.py does not exist yet (the training helper writes it)")
-    data = tmp_path / "train"
-    data.mkdir()
-    rows = [{"dialogue": f"#Person1#: item {i}? #Person2#: yes {i}.", "summary": f"item {i}"}
-            for i in range(8)]
-    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out_dir = tmp_path / "output"
-    out_dir.mkdir()
-    cmd = [SDK_PYTHON, "-m", "deploy.sdk_local", "train", "--image", os.environ["T5S_IMAGE"],
-           "--train-dir", str(data), "--output-dir", str(out_dir),
-           "--env", "T5S_DEV_MODEL=tiny", "--hp", "epochs=1", "--hp", "max_steps=2",
-           "--result", str(tmp_path / "result.json")]
-    proc = subprocess.run(cmd, cwd=REPO, env=_sdk_env(tmp_path), capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    model_data = json.loads((tmp_path / "result.json").read_text())["model_data"]
-    assert model_data.startswith("file://") and Path(model_data[7:]).exists()
 
 
 if __name__ == "__main__":
