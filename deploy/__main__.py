@@ -81,7 +81,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         rollback_alarms=args.rollback_alarm, smoke_text=args.smoke_text,
         asynchronous=args.asynchronous, async_s3_uri=args.async_s3_uri,
         async_success_topic=args.async_success_topic, async_error_topic=args.async_error_topic,
-        async_max_concurrent=args.async_max_concurrent, target_backlog=args.target_backlog)
+        async_max_concurrent=args.async_max_concurrent, target_backlog=args.target_backlog,
+        serverless=args.serverless, serverless_memory_mb=args.serverless_memory_mb,
+        serverless_max_concurrency=args.serverless_max_concurrency)
     clients = make_clients(args.region, args.endpoint_url)
     result = se.deploy(cfg, sm=clients.client("sagemaker"),
                        aas=clients.client("application-autoscaling"),
@@ -193,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "from the batcher's settings)")
     dep.add_argument("--target-backlog", help="async autoscaling: queued requests per instance "
                                               "to hold (env TARGET_BACKLOG)")
+    dep.add_argument("--serverless", action=argparse.BooleanOptionalAction, default=None,
+                     help="a serverless endpoint (env SERVERLESS=1)")
+    dep.add_argument("--serverless-memory-mb", help="1024..6144 in steps of 1024 (env "
+                                                    "SERVERLESS_MEMORY_MB, default 3072)")
+    dep.add_argument("--serverless-max-concurrency", help="1-200 (env SERVERLESS_MAX_CONCURRENCY, "
+                                                          "default 5)")
     _aws_args(dep)
     dep.set_defaults(fn=cmd_deploy)
 

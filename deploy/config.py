@@ -20,6 +20,7 @@ from serving.settings import ENV_NAMES, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from deploy.async_endpoint import AsyncSettings
+    from deploy.serverless import ServerlessSettings
 
 
 class ConfigError(ValueError):
@@ -216,6 +217,13 @@ class DeployConfig:
     smoke_text: str | None = None
     # Set: an asynchronous endpoint (requests and answers through S3, docs/aws.md).
     async_inference: AsyncSettings | None = None
+    # Set: a serverless endpoint (no instances, no autoscaling; docs/aws.md).
+    serverless: ServerlessSettings | None = None
+
+    @property
+    def kind(self) -> str:
+        return ("asynchronous" if self.async_inference is not None
+                else "serverless" if self.serverless is not None else "real-time")
 
     def inputs_digest(self) -> str:
         """Hash of everything a model + endpoint config is made of: the same inputs give the
@@ -224,10 +232,11 @@ class DeployConfig:
         for volatile in ("timeout_s", "poll_s", "smoke_text", "scaling", "rollback_alarms",
                          "termination_wait_s"):
             payload.pop(volatile)
-        if payload["async_inference"] is None:
-            # Absent, not null: real-time endpoints keep the names earlier versions gave them.
-            payload.pop("async_inference")
-        else:
+        for optional in ("async_inference", "serverless"):
+            if payload[optional] is None:
+                # Absent, not null: real-time endpoints keep the names earlier versions gave.
+                payload.pop(optional)
+        if "async_inference" in payload:
             payload["async_inference"].pop("target_backlog")  # autoscaling only
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
@@ -262,6 +271,9 @@ def build_deploy_config(
     async_error_topic: str | None = None,
     async_max_concurrent: str | int | None = None,
     target_backlog: str | float | None = None,
+    serverless: bool | None = None,
+    serverless_memory_mb: str | int | None = None,
+    serverless_max_concurrency: str | int | None = None,
 ) -> DeployConfig:
     """Flags first, then the documented environment variables; every error names both."""
     endpoint_name = endpoint_name or env_or("ENDPOINT_NAME")
@@ -289,16 +301,32 @@ def build_deploy_config(
     if not ENDPOINT_NAME_RE.match(variant):
         raise ConfigError(f"variant name {variant!r}: letters, digits and hyphens")
 
-    count = positive_int(instance_count if instance_count is not None
-                          else env_or("INSTANCE_COUNT"), "INSTANCE_COUNT", 1)
-    is_async = asynchronous if asynchronous is not None else (
-        env_or("ASYNC", "0") or "0").lower() in ("1", "true", "yes", "on")
+    is_async, is_serverless = _switch(asynchronous, "ASYNC"), _switch(serverless, "SERVERLESS")
+    if is_async and is_serverless:
+        raise ConfigError("ASYNC=1 and SERVERLESS=1: an endpoint is one kind or the other")
+    count_raw = flag_or_env(instance_count, "INSTANCE_COUNT")
+    min_raw, max_raw = flag_or_env(min_instances, "MIN_INSTANCES"), flag_or_env(max_instances,
+                                                                               "MAX_INSTANCES")
+    count = positive_int(count_raw, "INSTANCE_COUNT", 1)
     env = dict(DEFAULT_CONTAINER_ENV)
+    # Imported here, not at the top: these modules import this one.
     if is_async:
-        # Here, not at the top: async_endpoint imports this module.
         from deploy.async_endpoint import ASYNC_CONTAINER_ENV, build_async_settings
 
         env.update(ASYNC_CONTAINER_ENV)
+    serverless_settings = None
+    if is_serverless:
+        from deploy.serverless import SERVERLESS_CONTAINER_ENV, build_serverless_settings
+
+        given = [name for name, raw in (("INSTANCE_COUNT", count_raw), ("MIN_INSTANCES", min_raw),
+                                        ("MAX_INSTANCES", max_raw)) if raw not in (None, "")]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: a serverless endpoint has no instances to "
+                              "count or scale (SERVERLESS_MAX_CONCURRENCY bounds it)")
+        serverless_settings = build_serverless_settings(
+            flag_or_env(serverless_memory_mb, "SERVERLESS_MEMORY_MB"),
+            flag_or_env(serverless_max_concurrency, "SERVERLESS_MAX_CONCURRENCY"))
+        env.update(SERVERLESS_CONTAINER_ENV)
     env.update(parse_env_pairs(env_pairs))
     env = validate_container_env(env)
     async_settings = build_async_settings(
@@ -311,12 +339,11 @@ def build_deploy_config(
 
     scaling = ScalingConfig(
         # An asynchronous endpoint scales to zero when its queue is empty (by default).
-        min_instances=positive_int(min_instances if min_instances is not None
-                                   else env_or("MIN_INSTANCES"), "MIN_INSTANCES",
-                                   0 if is_async else count, minimum=0 if is_async else 1),
-        max_instances=positive_int(max_instances if max_instances is not None
-                                    else env_or("MAX_INSTANCES"), "MAX_INSTANCES",
-                                    max(count, 2), minimum=0),
+        min_instances=positive_int(min_raw, "MIN_INSTANCES", 0 if is_async else count,
+                                   minimum=0 if is_async else 1),
+        # Serverless: SageMaker scales it; there is nothing to register.
+        max_instances=0 if is_serverless else positive_int(max_raw, "MAX_INSTANCES",
+                                                           max(count, 2), minimum=0),
         target_invocations=positive_float(
             target_invocations if target_invocations is not None
             else env_or("TARGET_INVOCATIONS"), "TARGET_INVOCATIONS", 60.0),
@@ -348,4 +375,10 @@ def build_deploy_config(
         rollback_alarms=tuple(a.strip() for a in alarms),
         smoke_text=smoke_text or env_or("SMOKE_TEXT"),
         async_inference=async_settings,
+        serverless=serverless_settings,
     )
+
+
+def _switch(flag: bool | None, env: str) -> bool:
+    return flag if flag is not None else (env_or(env, "0") or "0").lower() in (
+        "1", "true", "yes", "on")

@@ -18,6 +18,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy.async_endpoint import async_inference_config
+from deploy.serverless import serverless_config
 from deploy.aws import is_not_found
 from deploy.config import DeployConfig, ScalingConfig  # noqa: F401 (re-exported)
 from deploy.s3data import object_etag
@@ -145,20 +146,19 @@ def _ensure_config(sm: Any, cfg: DeployConfig, name: str, model: str, undo: _Und
         return
     extra = ({"AsyncInferenceConfig": async_inference_config(cfg.async_inference)}
              if cfg.async_inference is not None else {})
-    sm.create_endpoint_config(
-        EndpointConfigName=name,
-        ProductionVariants=[{
-            "VariantName": cfg.variant_name,
-            "ModelName": model,
+    variant: dict[str, Any] = {"VariantName": cfg.variant_name, "ModelName": model,
+                               "InitialVariantWeight": 1.0}
+    if cfg.serverless is not None:
+        variant["ServerlessConfig"] = serverless_config(cfg.serverless)
+    else:
+        variant.update({
             "InstanceType": cfg.instance_type,
             "InitialInstanceCount": cfg.instance_count,
-            "InitialVariantWeight": 1.0,
             # Model download + load + warm-up before /ping answers 200.
             "ContainerStartupHealthCheckTimeoutInSeconds": 600,
-        }],
-        Tags=_tags(cfg),
-        **extra,
-    )
+        })
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant],
+                              Tags=_tags(cfg), **extra)
     undo.add("config", name)
     log(f"created endpoint config {name}")
 
@@ -212,13 +212,13 @@ def deploy(cfg: DeployConfig, *, sm: Any, aas: Any, s3: Any, runtime: Any = None
             apply_scaling(cfg, aas, cw)
         return DeployResult(cfg.endpoint_name, name, name, "unchanged",
                             autoscaling=cfg.scaling.enabled)
-    if existing is not None and bool(existing.get("AsyncInferenceConfig")) != (
-            cfg.async_inference is not None):
+    if existing is not None and _kind(existing) != cfg.kind:
         # Callers of a real-time endpoint use InvokeEndpoint, of an asynchronous one
-        # InvokeEndpointAsync: switching in place would break every one of them.
-        kind = "asynchronous" if existing.get("AsyncInferenceConfig") else "real-time"
-        raise DeployError(f"endpoint {cfg.endpoint_name} is {kind}; deploy the other kind under "
-                          "another ENDPOINT_NAME (or delete this one first)")
+        # InvokeEndpointAsync; SageMaker never converts instance-based endpoints to serverless
+        # (and a serverless one converted cannot go back, so a rollback could not either).
+        raise DeployError(f"endpoint {cfg.endpoint_name} is {_kind(existing)}, this deploy is "
+                          f"{cfg.kind}: deploy it under another ENDPOINT_NAME (or delete this "
+                          "one first)")
 
     try:
         _ensure_model(sm, cfg, name, undo, log)
@@ -233,6 +233,14 @@ def deploy(cfg: DeployConfig, *, sm: Any, aas: Any, s3: Any, runtime: Any = None
         return _create(cfg, name, **clients, undo=undo, wait=wait, log=log)
     return _update(cfg, name, existing["EndpointConfigName"], **clients, undo=undo, wait=wait,
                    log=log)
+
+
+def _kind(desc: dict) -> str:
+    if desc.get("AsyncInferenceConfig"):
+        return "asynchronous"
+    if any(v.get("CurrentServerlessConfig") for v in desc.get("ProductionVariants", [])):
+        return "serverless"
+    return "real-time"
 
 
 def _raise_with(problems: list[str]) -> None:

@@ -187,8 +187,8 @@ def test_a_real_time_endpoint_is_not_switched_to_async(moto: str, model_data: st
     rt = build_deploy_config(endpoint_name="t5-async", image_uri=IMAGE, model_data=model_data,
                              role_arn=ROLE, poll_s="0.01", timeout_s="5")
     first = deploy(moto, rt)
-    with pytest.raises(se.DeployError, match="is real-time; deploy the other kind under another "
-                                             "ENDPOINT_NAME"):
+    with pytest.raises(se.DeployError, match="is real-time, this deploy is asynchronous: deploy it "
+                                             "under another ENDPOINT_NAME"):
         deploy(moto, async_config(model_data))
     sm = client("sagemaker", moto)
     assert [m["ModelName"] for m in sm.list_models()["Models"]] == [first.model_name]
@@ -206,7 +206,7 @@ def test_an_async_endpoint_is_not_switched_to_real_time(moto: str, model_data: s
             "EndpointStatus": "InService", "CreationTime": NOW, "LastModifiedTime": NOW,
             "AsyncInferenceConfig": {"OutputConfig": {"S3OutputPath": "s3://async-io/t5/output/"}}},
             {"EndpointName": "t5-async"})
-        with pytest.raises(se.DeployError, match="is asynchronous"):
+        with pytest.raises(se.DeployError, match="is asynchronous, this deploy is real-time"):
             deploy(moto, rt, sm=sm)
         stub.assert_no_pending_responses()
 
