@@ -2,9 +2,9 @@
 
 The image fits serverless inference's limits (measured in docs/aws.md: 1.5 GB image,
 1.25 GiB peak memory with FLAN-T5-base in fp32, /ping ready in 11-19 s). What changes is the
-traffic: SageMaker gives each concurrent invocation its own container, so requests never
-share a batch there and there is nothing to autoscale; the container's limits follow the
-platform's (4 MB payloads, 60 s per invocation).
+traffic: serverless runs on AWS Lambda, each concurrent invocation in its own environment, so
+requests do not share a batch there and there is nothing to autoscale; the container's limits
+follow the platform's (4 MB payloads, 60 s per invocation).
 """
 
 from __future__ import annotations
