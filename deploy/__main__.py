@@ -15,7 +15,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from deploy.cli_jobs import _log, add_parsers, write_result
+from deploy.cli_jobs import _log, add_parsers, endpoint_name, write_result
 from deploy.config import ConfigError, build_deploy_config, env_or
 
 
@@ -99,18 +99,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _endpoint(args: argparse.Namespace) -> str:
-    name = args.endpoint or env_or("ENDPOINT_NAME")
-    if not name:
-        raise ConfigError("missing --endpoint / ENDPOINT_NAME")
-    return name
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from deploy import sagemaker_endpoint as se
     from deploy.aws import make_clients
 
-    name = _endpoint(args)
+    name = endpoint_name(args)
     desc = se.status(name, sm=make_clients(args.region, args.endpoint_url).client("sagemaker"))
     if desc is None:
         print(f"endpoint {name} does not exist")
@@ -125,7 +118,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from deploy import sagemaker_endpoint as se
     from deploy.aws import make_clients
 
-    name = _endpoint(args)
+    name = endpoint_name(args)
     clients = make_clients(args.region, args.endpoint_url)
     deleted = se.delete(name, sm=clients.client("sagemaker"),
                         aas=clients.client("application-autoscaling"),

@@ -17,6 +17,13 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def endpoint_name(args: argparse.Namespace) -> str:
+    name = args.endpoint or env_or("ENDPOINT_NAME")
+    if not name:
+        raise ConfigError("missing --endpoint / ENDPOINT_NAME")
+    return name
+
+
 def write_result(path: str | None, value: str) -> None:
     """The command's result in a file too, for Make to chain on (build/aws/*)."""
     if path:
@@ -88,9 +95,7 @@ def cmd_invoke_async(args: argparse.Namespace) -> int:
     from deploy.invoke import extract_summaries, read_texts
     from deploy.invoke_async import invoke_async
 
-    endpoint = args.endpoint or env_or("ENDPOINT_NAME")
-    if not endpoint:
-        raise ConfigError("missing --endpoint / ENDPOINT_NAME")
+    endpoint = endpoint_name(args)
     texts = list(args.text) if args.text else list(read_texts(args.file))
     if not texts:
         raise ConfigError("no dialogues to send")

@@ -5,7 +5,6 @@ answer (an existing asynchronous endpoint, a request that never completes)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
@@ -14,41 +13,24 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import boto3
-import botocore.endpoint
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
 from deploy import __main__ as cli
-from deploy import package, scaling
+from deploy import scaling
 from deploy import sagemaker_endpoint as se
 from deploy.async_endpoint import ASYNC_CONTAINER_ENV, max_concurrent_invocations
 from deploy.config import ConfigError, build_deploy_config
 from deploy.invoke import EndpointError
 from deploy.invoke_async import invoke_async
-from deploy.testing import IMAGE, ROLE, make_model_dir
+from deploy.testing import IMAGE, ROLE
 from serving.settings import load_settings
+from tests.deploy.helpers import NOW, Refusing, client, stubbable
 from tests.deploy.service_model import Calls
 
 REPO = Path(__file__).resolve().parents[2]
 TOPIC = "arn:aws:sns:us-east-1:123456789012:t5-async-done"
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def client(name: str, url: str, calls: Calls | None = None) -> Any:
-    c = boto3.client(name, region_name="us-east-1", endpoint_url=url)
-    return calls.attach(c) if calls else c
-
-
-@pytest.fixture
-def model_data(moto: str, tmp_path: Path) -> str:  # noqa: F811
-    model, code = make_model_dir(tmp_path)
-    s3 = client("s3", moto)
-    for bucket in ("models", "async-io"):
-        s3.create_bucket(Bucket=bucket)
-    return package.upload(s3, package.build(model, tmp_path / "model.tar.gz", code_dir=code),
-                          "s3://models/t5")
 
 
 def async_config(model_data: str, **kw: Any):
@@ -161,22 +143,11 @@ def test_delete_removes_the_alarm_too(moto: str, model_data: str) -> None:  # no
     assert client("sagemaker", moto).list_endpoints()["Endpoints"] == []
 
 
-class DeniedAlarms:
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def put_metric_alarm(self, **kw: Any) -> dict:
-        raise ClientError({"Error": {"Code": "AccessDenied",
-                                     "Message": "not authorized to perform: cloudwatch:PutMetricAlarm"}},
-                          "PutMetricAlarm")
-
-
 def test_a_failure_after_the_endpoint_exists_leaves_nothing(moto: str, model_data: str) -> None:  # noqa: F811
     with pytest.raises(ClientError, match="PutMetricAlarm"):
-        deploy(moto, async_config(model_data), cw=DeniedAlarms(client("cloudwatch", moto)))
+        deploy(moto, async_config(model_data), cw=Refusing(
+            client("cloudwatch", moto), "put_metric_alarm", "AccessDenied",
+            "not authorized to perform: cloudwatch:PutMetricAlarm"))
     sm, aas = client("sagemaker", moto), client("application-autoscaling", moto)
     assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
     assert sm.list_endpoint_configs()["EndpointConfigs"] == []
@@ -196,7 +167,7 @@ def test_a_real_time_endpoint_is_not_switched_to_async(moto: str, model_data: st
 
 def test_an_async_endpoint_is_not_switched_to_real_time(moto: str, model_data: str) -> None:  # noqa: F811
     """moto's DescribeEndpoint has no AsyncInferenceConfig; SageMaker's does (Stubber)."""
-    sm = boto3.client("sagemaker", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+    sm = stubbable("sagemaker")
     rt = build_deploy_config(endpoint_name="t5-async", image_uri=IMAGE, model_data=model_data,
                              role_arn=ROLE)
     with Stubber(sm) as stub:
@@ -284,11 +255,8 @@ def test_invoke_async_refuses_a_real_time_endpoint(moto: str, model_data: str, c
     assert "endpoint t5-rt is not asynchronous" in capsys.readouterr().err
 
 
-def test_invoke_async_refuses_bad_input_before_any_aws_call(aws_env, monkeypatch, capsys) -> None:  # noqa: F811
-    def refuse(self, *args, **kwargs):
-        raise AssertionError("an AWS request was made before validation failed")
-
-    monkeypatch.setattr(botocore.endpoint.Endpoint, "make_request", refuse)
+def test_invoke_async_refuses_bad_input_before_any_aws_call(aws_env, no_aws_calls,  # noqa: F811
+                                                            capsys) -> None:
     assert cli.main(["invoke-async", "--text", "x"]) == 2
     assert "missing --endpoint / ENDPOINT_NAME" in capsys.readouterr().err
 
@@ -296,9 +264,7 @@ def test_invoke_async_refuses_bad_input_before_any_aws_call(aws_env, monkeypatch
 def test_a_request_that_is_never_answered_times_out_and_keeps_its_input(moto: str) -> None:  # noqa: F811
     s3 = client("s3", moto)
     s3.create_bucket(Bucket="async-io")
-    sm = boto3.client("sagemaker", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
-    runtime = boto3.client("sagemaker-runtime", region_name="us-east-1",
-                           endpoint_url="http://127.0.0.1:9")
+    sm, runtime = stubbable("sagemaker"), stubbable("sagemaker-runtime")
     ticks = iter([0.0, 100.0, 4000.0])
     with Stubber(sm) as sm_stub, Stubber(runtime) as rt_stub:
         sm_stub.add_response("describe_endpoint", {

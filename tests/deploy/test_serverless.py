@@ -3,35 +3,16 @@ serverless endpoint (moto's DescribeEndpoint does not say what kind an endpoint 
 
 from __future__ import annotations
 
-import datetime as dt
-from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.stub import Stubber
 
-from deploy import package
 from deploy import sagemaker_endpoint as se
 from deploy.config import ConfigError, build_deploy_config
-from deploy.testing import IMAGE, ROLE, make_model_dir
+from deploy.testing import IMAGE, ROLE
+from tests.deploy.helpers import NOW, client, stubbable
 from tests.deploy.service_model import Calls
-
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def client(name: str, url: str, calls: Calls | None = None) -> Any:
-    c = boto3.client(name, region_name="us-east-1", endpoint_url=url)
-    return calls.attach(c) if calls else c
-
-
-@pytest.fixture
-def model_data(moto: str, tmp_path: Path) -> str:  # noqa: F811
-    model, code = make_model_dir(tmp_path)
-    s3 = client("s3", moto)
-    s3.create_bucket(Bucket="models")
-    return package.upload(s3, package.build(model, tmp_path / "model.tar.gz", code_dir=code),
-                          "s3://models/t5")
 
 
 def serverless_config(model_data: str, **kw: Any):
@@ -84,7 +65,7 @@ def test_an_instance_endpoint_is_not_turned_serverless(moto: str, model_data: st
 
 
 def test_a_serverless_endpoint_is_not_turned_into_instances(moto: str, model_data: str) -> None:  # noqa: F811
-    sm = boto3.client("sagemaker", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+    sm = stubbable("sagemaker")
     with Stubber(sm) as stub:
         stub.add_response("describe_endpoint", {
             "EndpointName": "t5-sls", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:"

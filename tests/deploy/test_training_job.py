@@ -4,7 +4,6 @@ real log for the metric regexes. Never real AWS."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -14,27 +13,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
-import botocore.endpoint
 import pytest
 from botocore.stub import Stubber
 
 from deploy import __main__ as cli
 from deploy import training_job as tj
-from deploy.config import ConfigError
 from deploy.jobs import JobError
 from deploy.testing import IMAGE, ROLE
+from tests.deploy.helpers import NOW, client, stubbable
 from tests.deploy.service_model import Calls, assert_valid
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 JOB = "t5-lora-test-job"
-
-
-def client(name: str, url: str, calls: Calls | None = None) -> Any:
-    c = boto3.client(name, region_name="us-east-1", endpoint_url=url)
-    return calls.attach(c) if calls else c
 
 
 def config(**kw: Any) -> tj.TrainingJobConfig:
@@ -42,14 +33,6 @@ def config(**kw: Any) -> tj.TrainingJobConfig:
             "config_file": str(REPO / "config" / "t5-serving.yaml"), "name": JOB,
             "poll_s": "0.01", **kw}
     return tj.build_training_config(**args)
-
-
-@pytest.fixture
-def no_aws_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self, *args, **kwargs):
-        raise AssertionError("an AWS request was made before validation failed")
-
-    monkeypatch.setattr(botocore.endpoint.Endpoint, "make_request", refuse)
 
 
 def upload_channels(url: str, tmp: Path, bucket: str = "data") -> Path:
@@ -267,11 +250,26 @@ def test_make_train_job_then_deploy_chains_through_the_model_uri(moto: str, tmp_
 
 # ---- what moto cannot do: jobs that fail or are stopped (Stubber) ---------------------------
 
+def expect_job(stub: Stubber, cfg: tj.TrainingJobConfig, *states: tuple[str, str],
+               stop_after: int | None = None, **last: Any) -> None:
+    """CreateTrainingJob with exactly this config's request, then one DescribeTrainingJob per
+    (status, secondary status); StopTrainingJob after the ``stop_after``-th; ``last`` extends
+    the final description (FailureReason ...)."""
+    stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:us-east-1:"
+                      f"123456789012:training-job/{JOB}"}, tj.training_request(cfg))
+    for i, (status, secondary) in enumerate(states, start=1):
+        extra = last if i == len(states) else {}
+        stub.add_response("describe_training_job", describe(status, secondary, **extra),
+                          {"TrainingJobName": JOB})
+        if i == stop_after:
+            stub.add_response("stop_training_job", {}, {"TrainingJobName": JOB})
+
+
 @pytest.fixture
 def stubbed(moto: str, tmp_path: Path):  # noqa: F811
     """A stubbed SageMaker client (closed loopback endpoint) and moto S3 holding the data."""
     upload_channels(moto, tmp_path)
-    sm = boto3.client("sagemaker", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+    sm = stubbable("sagemaker")
     with Stubber(sm) as stub:
         yield sm, stub, client("s3", moto)
         stub.assert_no_pending_responses()
@@ -280,16 +278,11 @@ def stubbed(moto: str, tmp_path: Path):  # noqa: F811
 def test_failed_job_reports_its_failure_reason(stubbed, capsys) -> None:
     sm, stub, s3 = stubbed
     cfg = config(base_s3_uri=None)
-    stub.add_response("create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:"
-                      f"123456789012:training-job/{JOB}"}, tj.training_request(cfg))
-    stub.add_response("describe_training_job", describe("InProgress", "Starting",
-                      SecondaryStatusTransitions=[{"Status": "Starting", "StartTime": NOW,
-                                                   "StatusMessage": "Preparing the instances"}]),
-                      {"TrainingJobName": JOB})
     reason = ("AlgorithmError: train: /opt/ml/input/data/train/train.jsonl line 3: missing "
               "field(s) summary (has: dialogue)")
-    stub.add_response("describe_training_job", describe("Failed", "Failed", FailureReason=reason),
-                      {"TrainingJobName": JOB})
+    expect_job(stub, cfg, ("InProgress", "Starting"), ("Failed", "Failed"), FailureReason=reason,
+               SecondaryStatusTransitions=[{"Status": "Starting", "StartTime": NOW,
+                                            "StatusMessage": "Preparing the instances"}])
     logs: list[str] = []
     with pytest.raises(JobError) as exc:
         tj.run(cfg, sm=sm, s3=s3, log=logs.append, sleep=lambda s: None)
@@ -301,14 +294,8 @@ def test_failed_job_reports_its_failure_reason(stubbed, capsys) -> None:
 def test_interrupted_wait_stops_the_job_and_says_how_to_resume(stubbed) -> None:
     sm, stub, s3 = stubbed
     cfg = config()
-    stub.add_response("create_training_job", {"TrainingJobArn": "arn:x"}, tj.training_request(cfg))
-    stub.add_response("describe_training_job", describe("InProgress", "Training"),
-                      {"TrainingJobName": JOB})
-    stub.add_response("stop_training_job", {}, {"TrainingJobName": JOB})
-    stub.add_response("describe_training_job", describe("Stopping", "Stopping"),
-                      {"TrainingJobName": JOB})
-    stub.add_response("describe_training_job", describe("Stopped", "Stopped"),
-                      {"TrainingJobName": JOB})
+    expect_job(stub, cfg, ("InProgress", "Training"), ("Stopping", "Stopping"),
+               ("Stopped", "Stopped"), stop_after=1)
     sleeps = iter([KeyboardInterrupt(), None])
 
     def sleep(_: float) -> None:
@@ -325,12 +312,7 @@ def test_interrupted_wait_stops_the_job_and_says_how_to_resume(stubbed) -> None:
 def test_wait_timeout_stops_the_job(stubbed) -> None:
     sm, stub, s3 = stubbed
     cfg = config(spot=False, max_run_s="60")
-    stub.add_response("create_training_job", {"TrainingJobArn": "arn:x"}, tj.training_request(cfg))
-    stub.add_response("describe_training_job", describe("InProgress", "Downloading"),
-                      {"TrainingJobName": JOB})
-    stub.add_response("stop_training_job", {}, {"TrainingJobName": JOB})
-    stub.add_response("describe_training_job", describe("Stopped", "Stopped"),
-                      {"TrainingJobName": JOB})
+    expect_job(stub, cfg, ("InProgress", "Downloading"), ("Stopped", "Stopped"), stop_after=1)
     ticks = iter([0.0, 10_000.0, 10_000.0, 10_001.0])
     with pytest.raises(JobError, match=r"still InProgress \(Downloading\) after 1860 s; it is now "
                                        r"Stopped"):
@@ -340,11 +322,9 @@ def test_wait_timeout_stops_the_job(stubbed) -> None:
 
 def test_unreadable_logs_are_skipped_with_one_note(stubbed) -> None:
     sm, stub, s3 = stubbed
-    logs_client = boto3.client("logs", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+    logs_client = stubbable("logs")
     cfg = config()
-    stub.add_response("create_training_job", {"TrainingJobArn": "arn:x"}, tj.training_request(cfg))
-    for status in ("InProgress", "Completed"):
-        stub.add_response("describe_training_job", describe(status, status), {"TrainingJobName": JOB})
+    expect_job(stub, cfg, ("InProgress", "Training"), ("Completed", "Completed"))
     messages: list[str] = []
     with Stubber(logs_client) as logs_stub:
         logs_stub.add_client_error("describe_log_streams", "AccessDeniedException",

@@ -4,7 +4,6 @@ with serving.evaluate. Never real AWS."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
@@ -12,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import boto3
-import botocore.endpoint
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
@@ -23,18 +20,13 @@ from deploy import transform as tf
 from deploy.config import ConfigError
 from deploy.jobs import JobError
 from deploy.testing import IMAGE, ROLE
+from tests.deploy.helpers import NOW, client, stubbable
 from tests.deploy.service_model import Calls, assert_valid
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 JOB = "t5-transform-test"
 MODEL_DATA = "s3://models/t5/0123/model.tar.gz"
-
-
-def client(name: str, url: str, calls: Calls | None = None) -> Any:
-    c = boto3.client(name, region_name="us-east-1", endpoint_url=url)
-    return calls.attach(c) if calls else c
 
 
 def config(**kw: Any) -> tf.TransformConfig:
@@ -95,14 +87,6 @@ def test_container_settings_accept_any_mini_batch_sagemaker_may_send() -> None:
     cfg = config(max_concurrent="2", max_payload_mb="2")
     assert cfg.environment["MAX_QUEUE_SIZE"] == str(2 * 1024 * 1024 // 15 * 2)
     assert tf.transform_request(cfg)["MaxConcurrentTransforms"] == 2
-
-
-@pytest.fixture
-def no_aws_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self, *args, **kwargs):
-        raise AssertionError("an AWS request was made before validation failed")
-
-    monkeypatch.setattr(botocore.endpoint.Endpoint, "make_request", refuse)
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -199,7 +183,7 @@ def test_an_existing_model_is_used_and_kept(moto: str, s3_data: Any) -> None:  #
 
 @pytest.fixture
 def stubbed(s3_data: Any):
-    sm = boto3.client("sagemaker", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+    sm = stubbable("sagemaker")
     with Stubber(sm) as stub:
         yield sm, stub, s3_data
         stub.assert_no_pending_responses()
@@ -214,21 +198,28 @@ def _describe(status: str, **extra: Any) -> dict:
             "CreationTime": NOW, **extra}
 
 
-def _expect_model(stub: Stubber, cfg: tf.TransformConfig) -> None:
+def _expect_job(stub: Stubber, cfg: tf.TransformConfig, *statuses: str,
+                stop_after: int | None = None, **last: Any) -> None:
+    """CreateModel, CreateTransformJob (exactly this config's requests), a
+    DescribeTransformJob per status (StopTransformJob after the ``stop_after``-th), and the
+    model's deletion at the end."""
     stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:"
                                                    f"model/{JOB}"}, tf.model_request(cfg))
+    stub.add_response("create_transform_job", {"TransformJobArn": "arn:x"}, tf.transform_request(cfg))
+    for i, status in enumerate(statuses, start=1):
+        stub.add_response("describe_transform_job",
+                          _describe(status, **(last if i == len(statuses) else {})),
+                          {"TransformJobName": JOB})
+        if i == stop_after:
+            stub.add_response("stop_transform_job", {}, {"TransformJobName": JOB})
+    stub.add_response("delete_model", {}, {"ModelName": JOB})
 
 
 def test_a_failed_job_reports_why_and_leaves_no_model(stubbed) -> None:
     sm, stub, s3 = stubbed
     cfg = config()
-    _expect_model(stub, cfg)
-    stub.add_response("create_transform_job", {"TransformJobArn": "arn:x"}, tf.transform_request(cfg))
-    stub.add_response("describe_transform_job", _describe("InProgress"), {"TransformJobName": JOB})
     reason = "ClientError: See job logs for more information"
-    stub.add_response("describe_transform_job", _describe("Failed", FailureReason=reason),
-                      {"TransformJobName": JOB})
-    stub.add_response("delete_model", {}, {"ModelName": JOB})
+    _expect_job(stub, cfg, "InProgress", "Failed", FailureReason=reason)
     with pytest.raises(JobError) as exc:
         tf.run(cfg, sm=sm, s3=s3, log=lambda m: None, sleep=lambda s: None)
     assert f"transform job {JOB} Failed: {reason}" in str(exc.value)
@@ -238,7 +229,8 @@ def test_a_failed_job_reports_why_and_leaves_no_model(stubbed) -> None:
 def test_a_rejected_job_deletes_the_model_it_made(stubbed) -> None:
     sm, stub, s3 = stubbed
     cfg = config()
-    _expect_model(stub, cfg)
+    stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:"
+                                                   f"model/{JOB}"}, tf.model_request(cfg))
     stub.add_client_error("create_transform_job", "ResourceLimitExceeded",
                           "The account-level service limit 'ml.m5.xlarge for transform job usage' "
                           "is 0 Instances", expected_params=tf.transform_request(cfg))
@@ -250,12 +242,7 @@ def test_a_rejected_job_deletes_the_model_it_made(stubbed) -> None:
 def test_an_interrupted_wait_stops_the_job_and_deletes_the_model(stubbed) -> None:
     sm, stub, s3 = stubbed
     cfg = config()
-    _expect_model(stub, cfg)
-    stub.add_response("create_transform_job", {"TransformJobArn": "arn:x"}, tf.transform_request(cfg))
-    stub.add_response("describe_transform_job", _describe("InProgress"), {"TransformJobName": JOB})
-    stub.add_response("stop_transform_job", {}, {"TransformJobName": JOB})
-    stub.add_response("describe_transform_job", _describe("Stopped"), {"TransformJobName": JOB})
-    stub.add_response("delete_model", {}, {"ModelName": JOB})
+    _expect_job(stub, cfg, "InProgress", "Stopped", stop_after=1)
     interrupts = iter([KeyboardInterrupt()])
 
     def sleep(_: float) -> None:
