@@ -124,7 +124,8 @@ def add_parsers(sub: argparse._SubParsersAction,
     tr.add_argument("--base-s3-uri", help="base model prefix: the `base` channel (env BASE_S3_URI)")
     tr.add_argument("--output-s3-uri", help="env TRAIN_OUTPUT_S3_URI (default <data>/output/)")
     tr.add_argument("--config", default=None,
-                    help="YAML whose training: section holds hyperparameters (env TRAIN_CONFIG)")
+                    help="YAML whose training: section holds hyperparameters (env TRAIN_CONFIG; "
+                         "default config/t5-serving.yaml; '' for none)")
     tr.add_argument("--hp", action="append", metavar="NAME=VALUE",
                     help="hyperparameter override; repeat")
     tr.add_argument("--job-name", help="env TRAIN_JOB_NAME (default t5-lora-<UTC time>)")

@@ -173,8 +173,11 @@ def build_training_config(
     base_s3_uri = base_s3_uri or env_or("BASE_S3_URI")
     if base_s3_uri:
         channels["base"] = s3data.as_prefix(check_s3_uri(base_s3_uri, "base model prefix"))
-    hp = load_hyperparameters(config_file if config_file is not None else env_or("TRAIN_CONFIG"),
-                              hyperparameters)
+    if config_file is None:
+        # The project's config file unless told otherwise ("" = none at all).
+        config_file = env_or("TRAIN_CONFIG") or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file()
+                                                 else None)
+    hp = load_hyperparameters(config_file, hyperparameters)
     _check_base(hp, base_s3_uri)
 
     name = name or env_or("TRAIN_JOB_NAME") or job_name(

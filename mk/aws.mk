@@ -3,6 +3,7 @@
 #   make package    [PACKAGE_MODEL_DIR=dir] [MODEL_S3_URI=s3://bucket/prefix]
 #   make deploy     ENDPOINT_NAME=... SAGEMAKER_ROLE_ARN=... [IMAGE_URI=...] [MODEL_DATA=...]
 #                   [ASYNC=1 ASYNC_S3_URI=s3://bucket/prefix]   (an asynchronous endpoint)
+#                   [SERVERLESS=1 SERVERLESS_MEMORY_MB=3072]      (a serverless endpoint)
 #   make invoke     ENDPOINT_NAME=... [INVOKE_TEXT=...|INVOKE_FILE=x.jsonl] [ENDPOINT_URL=http://127.0.0.1:8080]
 #   make invoke-async ENDPOINT_NAME=... [INVOKE_TEXT=...|INVOKE_FILE=x.jsonl]
 #   make endpoint-status / endpoint-delete ENDPOINT_NAME=...
@@ -56,8 +57,9 @@ package: ## Build model.tar.gz from PACKAGE_MODEL_DIR (+ upload to MODEL_S3_URI)
 	  --result-file $(AWS_OUT)/model_data
 
 # IMAGE_URI / MODEL_DATA default to what make push / make package (with MODEL_S3_URI) or
-# make train-job wrote. ASYNC=1 (with ASYNC_S3_URI) makes an asynchronous endpoint.
-deploy: ## Create or blue/green-update the SageMaker endpoint ENDPOINT_NAME (+ autoscaling; ASYNC=1)
+# make train-job wrote. ASYNC=1 (with ASYNC_S3_URI) makes an asynchronous endpoint, SERVERLESS=1
+# a serverless one (docs/aws.md).
+deploy: ## Create or blue/green-update the SageMaker endpoint ENDPOINT_NAME (+ autoscaling; ASYNC=1, SERVERLESS=1)
 	IMAGE_URI="$${IMAGE_URI:-$$(cat $(AWS_OUT)/image_uri 2>/dev/null)}" \
 	MODEL_DATA="$${MODEL_DATA:-$$(grep '^s3://' $(AWS_OUT)/model_data 2>/dev/null)}" \
 	$(PY) -m deploy deploy $(foreach e,$(DEPLOY_ENV),--env $(e))

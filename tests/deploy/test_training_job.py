@@ -208,6 +208,8 @@ def test_cli_runs_the_job_streams_its_log_and_writes_the_model_uri(moto: str, tm
     job = client("sagemaker", moto).describe_training_job(TrainingJobName=JOB)
     assert {c["ChannelName"] for c in job["InputDataConfig"]} == {"train", "validation"}
     assert job["HyperParameters"]["max_steps"] == "50" and job["RoleArn"] == ROLE
+    # No --config: the project's config file, config/t5-serving.yaml, still applies.
+    assert job["HyperParameters"]["max_eval_samples"] == "200"
     assert job["EnableManagedSpotTraining"] is True
     assert job["CheckpointConfig"]["S3Uri"] == f"s3://data/t5/output/{JOB}/checkpoints"
 
