@@ -2,9 +2,11 @@
 # CI for the AWS path (docs/aws.md). Never reaches AWS: moto, Stubber and loopback only.
 #
 #   bash .ci/aws.sh            all of it: unit, then the Docker parts when an engine can start
-#   bash .ci/aws.sh unit       deploy tests vs moto + Stubber (~30 s, no Docker)
+#   bash .ci/aws.sh unit       deploy, training-job, transform, async tests vs moto + Stubber
+#                              (~1.5 min, no Docker)
 #   bash .ci/aws.sh push       make push to the loopback registry, remove, pull back, compare
-#   bash .ci/aws.sh sdk        SageMaker SDK local mode against the image (~2-4 min)
+#   bash .ci/aws.sh sdk        SageMaker SDK local mode against the image: an endpoint, a
+#                              training job, the trained model served, a batch transform (~3-5 min)
 #   bash .ci/aws.sh sdk-venv   only build the SDK venv
 #
 # Docker parts use the image helper's .ci/docker.sh (engine on a private socket + registry on
@@ -86,7 +88,8 @@ aws_sdk() {
   sdk_venv
   DOCKER_HOST="$DOCKER_HOST" DOCKER="$DOCKER" T5S_IMAGE="$T5S_IMAGE" \
     T5S_SDK_PYTHON="$T5S_SDK_VENV/bin/python" \
-    "$PY" -m pytest -q -m docker tests/docker/test_sdk_local_mode.py
+    "$PY" -m pytest -q -m docker tests/docker/test_sdk_local_mode.py \
+    tests/docker/test_sdk_local_training.py
   _log "SDK local mode in $((SECONDS - t0)) s"
 }
 

@@ -1,5 +1,6 @@
-"""Ship the serving image to AWS: push to ECR, package model.tar.gz, deploy a SageMaker
-real-time endpoint (blue/green, rollback, autoscaling), and invoke it.
+"""Ship the serving image to AWS: push to ECR, train with it (SageMaker training jobs),
+package model.tar.gz, deploy a SageMaker endpoint (real-time, asynchronous or serverless;
+blue/green, rollback, autoscaling), invoke it, and run batch transform jobs.
 
 Every AWS call goes through boto3 clients built by :mod:`deploy.aws`, so tests point them at
 a local moto server (``endpoint_url``) or wrap them in botocore's ``Stubber``. All input is

@@ -1,4 +1,5 @@
-"""python -m deploy {push,package,deploy,status,delete,invoke} ... (see docs/aws.md)
+"""python -m deploy {push,package,deploy,status,delete,invoke,train,transform,invoke-async}
+(see docs/aws.md)
 
 Each command checks its inputs before the first AWS call and prints errors as one line
 (exit 2 for bad input, 1 for a failure on the AWS side). The last line a command prints on
@@ -14,23 +15,14 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from deploy.cli_jobs import _log, add_parsers, endpoint_name, write_result
 from deploy.config import ConfigError, build_deploy_config, env_or
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _aws_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", default=None, help="AWS region (env AWS_REGION)")
     p.add_argument("--endpoint-url", default=env_or("AWS_ENDPOINT_URL"),
                    help="send every AWS call here (a moto server in tests)")
-
-
-def _write_result(path: str | None, value: str) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(value + "\n")
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -49,7 +41,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         registry = ecr.default_registry(clients.client("sts"), clients.session.region_name)
     uri = ecr.push(local, registry, repository, args.image_tag,
                    ecr=clients.client("ecr") if clients else None, docker=docker, log=_log)
-    _write_result(args.result_file, uri)
+    write_result(args.result_file, uri)
     print(uri)
     return 0
 
@@ -70,7 +62,7 @@ def cmd_package(args: argparse.Namespace) -> int:
         clients = make_clients(args.region, args.endpoint_url)
         result = package.upload(clients.client("s3"), pkg, args.s3_uri)
         _log(f"uploaded {result}")
-    _write_result(args.result_file, result)
+    write_result(args.result_file, result)
     print(result)
     return 0
 
@@ -86,12 +78,20 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         min_instances=args.min_instances, max_instances=args.max_instances,
         target_invocations=args.target_invocations, timeout_s=args.timeout,
         poll_s=args.poll, termination_wait_s=args.termination_wait,
-        rollback_alarms=args.rollback_alarm, smoke_text=args.smoke_text)
+        rollback_alarms=args.rollback_alarm, smoke_text=args.smoke_text,
+        asynchronous=args.asynchronous, async_s3_uri=args.async_s3_uri,
+        async_success_topic=args.async_success_topic, async_error_topic=args.async_error_topic,
+        async_max_concurrent=args.async_max_concurrent, target_backlog=args.target_backlog,
+        serverless=args.serverless, serverless_memory_mb=args.serverless_memory_mb,
+        serverless_max_concurrency=args.serverless_max_concurrency)
     clients = make_clients(args.region, args.endpoint_url)
     result = se.deploy(cfg, sm=clients.client("sagemaker"),
                        aas=clients.client("application-autoscaling"),
-                       s3=clients.client("s3"),
+                       s3=clients.client("s3"), cw=clients.client("cloudwatch"),
                        runtime=clients.client("sagemaker-runtime", attempts=1), log=_log)
+    if cfg.async_inference is not None:
+        _log(f"asynchronous: answers under {cfg.async_inference.output_s3_uri}, up to "
+             f"{cfg.async_inference.max_concurrent} requests per instance at once")
     _log(f"{result.action}: endpoint {result.endpoint_name} on {result.config_name}"
          + (f" (was {result.previous_config})" if result.previous_config else "")
          + (", autoscaling on" if result.autoscaling else ""))
@@ -99,18 +99,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _endpoint(args: argparse.Namespace) -> str:
-    name = args.endpoint or env_or("ENDPOINT_NAME")
-    if not name:
-        raise ConfigError("missing --endpoint / ENDPOINT_NAME")
-    return name
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from deploy import sagemaker_endpoint as se
     from deploy.aws import make_clients
 
-    name = _endpoint(args)
+    name = endpoint_name(args)
     desc = se.status(name, sm=make_clients(args.region, args.endpoint_url).client("sagemaker"))
     if desc is None:
         print(f"endpoint {name} does not exist")
@@ -125,10 +118,11 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from deploy import sagemaker_endpoint as se
     from deploy.aws import make_clients
 
-    name = _endpoint(args)
+    name = endpoint_name(args)
     clients = make_clients(args.region, args.endpoint_url)
     deleted = se.delete(name, sm=clients.client("sagemaker"),
-                        aas=clients.client("application-autoscaling"), log=_log)
+                        aas=clients.client("application-autoscaling"),
+                        cw=clients.client("cloudwatch"), log=_log)
     print(f"deleted {len(deleted)} resource(s) of {name}")
     return 0
 
@@ -183,6 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--rollback-alarm", action="append",
                      help="CloudWatch alarm that rolls the update back; repeat")
     dep.add_argument("--smoke-text", help="send this dialogue after InService; roll back on error")
+    dep.add_argument("--async", dest="asynchronous", action=argparse.BooleanOptionalAction,
+                     default=None, help="an asynchronous endpoint (env ASYNC=1)")
+    dep.add_argument("--async-s3-uri", help="async: answers under PREFIX/output/, failures under "
+                                            "PREFIX/failure/ (env ASYNC_S3_URI)")
+    dep.add_argument("--async-success-topic", help="SNS topic ARN (env ASYNC_SUCCESS_TOPIC)")
+    dep.add_argument("--async-error-topic", help="SNS topic ARN (env ASYNC_ERROR_TOPIC)")
+    dep.add_argument("--async-max-concurrent", help="requests per instance at once (env "
+                                                    "ASYNC_MAX_CONCURRENT; default sized "
+                                                    "from the batcher's settings)")
+    dep.add_argument("--target-backlog", help="async autoscaling: queued requests per instance "
+                                              "to hold (env TARGET_BACKLOG)")
+    dep.add_argument("--serverless", action=argparse.BooleanOptionalAction, default=None,
+                     help="a serverless endpoint (env SERVERLESS=1)")
+    dep.add_argument("--serverless-memory-mb", help="1024..6144 in steps of 1024 (env "
+                                                    "SERVERLESS_MEMORY_MB, default 3072)")
+    dep.add_argument("--serverless-max-concurrency", help="1-200 (env SERVERLESS_MAX_CONCURRENCY, "
+                                                          "default 5)")
     _aws_args(dep)
     dep.set_defaults(fn=cmd_deploy)
 
@@ -196,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     inv = sub.add_parser("invoke", help="same as python -m deploy.invoke", add_help=False)
     inv.set_defaults(fn=None)
+    add_parsers(sub, _aws_args)
     return p
 
 

@@ -14,8 +14,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from serving.settings import ENV_NAMES, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from deploy.async_endpoint import AsyncSettings
+    from deploy.serverless import ServerlessSettings
 
 
 class ConfigError(ValueError):
@@ -50,11 +55,60 @@ IMAGE_URI_RE = re.compile(
 ECR_REGISTRY_RE = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr(-fips)?\.(?P<region>[a-z0-9\-]+)\.amazonaws\.com(\.cn)?$")
 INSTANCE_TYPE_RE = re.compile(r"^ml\.[a-z0-9\-]+\.[a-z0-9]+$")
+# Training and transform job names follow the same pattern as endpoint names.
+JOB_NAME_RE = ENDPOINT_NAME_RE
+S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?$")
+SNS_TOPIC_ARN_RE = re.compile(r"^arn:aws[a-z\-]*:sns:[a-z0-9\-]+:\d{12}:[A-Za-z0-9_\-]{1,256}$")
 
 
 def env_or(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def flag_or_env(flag: str | int | float | None, env: str) -> str | int | float | None:
+    """A flag's value when given, else the environment variable's (flags win)."""
+    return flag if flag is not None else env_or(env)
+
+
+def check_s3_uri(uri: str, what: str, hint: str = "") -> str:
+    if not S3_URI_RE.match(uri):
+        raise ConfigError(f"{what} {uri!r}: expected s3://BUCKET/PREFIX" + (f" ({hint})" if hint else ""))
+    return uri
+
+
+def check_name(name: str, what: str) -> str:
+    if not ENDPOINT_NAME_RE.match(name):
+        raise ConfigError(f"{what} {name!r}: 1-63 letters, digits and hyphens, starting and "
+                          "ending with a letter or digit")
+    return name
+
+
+def check_image_uri(uri: str) -> str:
+    if not IMAGE_URI_RE.match(uri):
+        raise ConfigError(f"image URI {uri!r}: expected REGISTRY/REPO:TAG or "
+                          "REGISTRY/REPO@sha256:DIGEST (make push prints it)")
+    return uri
+
+
+def check_model_data(uri: str) -> str:
+    if not MODEL_DATA_RE.match(uri):
+        raise ConfigError(f"model data {uri!r}: expected s3://BUCKET/KEY.tar.gz "
+                          "(make package MODEL_S3_URI=... uploads one; make train-job writes one)")
+    return uri
+
+
+def check_role_arn(arn: str) -> str:
+    if not ROLE_ARN_RE.match(arn):
+        raise ConfigError(f"role ARN {arn!r}: expected arn:aws:iam::<12 digits>:role/NAME")
+    return arn
+
+
+def check_instance_type(instance_type: str | None) -> str:
+    if not instance_type or not INSTANCE_TYPE_RE.match(instance_type):
+        raise ConfigError(f"instance type {instance_type!r}: expected ml.<family>.<size>, "
+                          "e.g. ml.m5.xlarge or ml.g5.xlarge")
+    return instance_type
 
 
 def parse_env_pairs(pairs: list[str] | None) -> dict[str, str]:
@@ -94,7 +148,7 @@ def validate_container_env(env: Mapping[str, str]) -> dict[str, str]:
     return dict(env)
 
 
-def _positive_int(raw: str | int | None, what: str, default: int, minimum: int = 1) -> int:
+def positive_int(raw: str | int | float | None, what: str, default: int, minimum: int = 1) -> int:
     if raw is None or raw == "":
         return default
     try:
@@ -106,7 +160,7 @@ def _positive_int(raw: str | int | None, what: str, default: int, minimum: int =
     return value
 
 
-def _positive_float(raw: str | float | None, what: str, default: float) -> float:
+def positive_float(raw: str | float | None, what: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
@@ -161,6 +215,15 @@ class DeployConfig:
     rollback_alarms: tuple[str, ...] = ()
     # One request sent after InService; if it fails the deploy is rolled back.
     smoke_text: str | None = None
+    # Set: an asynchronous endpoint (requests and answers through S3, docs/aws.md).
+    async_inference: AsyncSettings | None = None
+    # Set: a serverless endpoint (no instances, no autoscaling; docs/aws.md).
+    serverless: ServerlessSettings | None = None
+
+    @property
+    def kind(self) -> str:
+        return ("asynchronous" if self.async_inference is not None
+                else "serverless" if self.serverless is not None else "real-time")
 
     def inputs_digest(self) -> str:
         """Hash of everything a model + endpoint config is made of: the same inputs give the
@@ -169,6 +232,12 @@ class DeployConfig:
         for volatile in ("timeout_s", "poll_s", "smoke_text", "scaling", "rollback_alarms",
                          "termination_wait_s"):
             payload.pop(volatile)
+        for optional in ("async_inference", "serverless"):
+            if payload[optional] is None:
+                # Absent, not null: real-time endpoints keep the names earlier versions gave.
+                payload.pop(optional)
+        if "async_inference" in payload:
+            payload["async_inference"].pop("target_backlog")  # autoscaling only
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -196,6 +265,15 @@ def build_deploy_config(
     termination_wait_s: str | int | None = None,
     rollback_alarms: list[str] | None = None,
     smoke_text: str | None = None,
+    asynchronous: bool | None = None,
+    async_s3_uri: str | None = None,
+    async_success_topic: str | None = None,
+    async_error_topic: str | None = None,
+    async_max_concurrent: str | int | None = None,
+    target_backlog: str | float | None = None,
+    serverless: bool | None = None,
+    serverless_memory_mb: str | int | None = None,
+    serverless_max_concurrency: str | int | None = None,
 ) -> DeployConfig:
     """Flags first, then the documented environment variables; every error names both."""
     endpoint_name = endpoint_name or env_or("ENDPOINT_NAME")
@@ -213,41 +291,60 @@ def build_deploy_config(
         raise ConfigError("missing deploy input(s): " + ", ".join(missing))
     assert endpoint_name and image_uri and model_data and role_arn  # for the type checker
 
-    if not ENDPOINT_NAME_RE.match(endpoint_name):
-        raise ConfigError(f"endpoint name {endpoint_name!r}: 1-63 letters, digits and "
-                          "hyphens, starting and ending with a letter or digit")
-    if not IMAGE_URI_RE.match(image_uri):
-        raise ConfigError(f"image URI {image_uri!r}: expected REGISTRY/REPO:TAG or "
-                          "REGISTRY/REPO@sha256:DIGEST (make push prints it)")
-    if not MODEL_DATA_RE.match(model_data):
-        raise ConfigError(f"model data {model_data!r}: expected s3://BUCKET/KEY.tar.gz "
-                          "(make package MODEL_S3_URI=... uploads one)")
-    if not ROLE_ARN_RE.match(role_arn):
-        raise ConfigError(f"role ARN {role_arn!r}: expected arn:aws:iam::<12 digits>:role/NAME")
-
-    instance_type = instance_type or env_or("INSTANCE_TYPE", "ml.m5.xlarge")
-    assert instance_type
-    if not INSTANCE_TYPE_RE.match(instance_type):
-        raise ConfigError(f"instance type {instance_type!r}: expected ml.<family>.<size>, "
-                          "e.g. ml.m5.xlarge or ml.g5.xlarge")
+    check_name(endpoint_name, "endpoint name")
+    check_image_uri(image_uri)
+    check_model_data(model_data)
+    check_role_arn(role_arn)
+    instance_type = check_instance_type(instance_type or env_or("INSTANCE_TYPE", "ml.m5.xlarge"))
     variant = variant_name or env_or("VARIANT_NAME", "AllTraffic")
     assert variant
     if not ENDPOINT_NAME_RE.match(variant):
         raise ConfigError(f"variant name {variant!r}: letters, digits and hyphens")
 
-    count = _positive_int(instance_count if instance_count is not None
-                          else env_or("INSTANCE_COUNT"), "INSTANCE_COUNT", 1)
+    is_async, is_serverless = _switch(asynchronous, "ASYNC"), _switch(serverless, "SERVERLESS")
+    if is_async and is_serverless:
+        raise ConfigError("ASYNC=1 and SERVERLESS=1: an endpoint is one kind or the other")
+    count_raw = flag_or_env(instance_count, "INSTANCE_COUNT")
+    min_raw, max_raw = flag_or_env(min_instances, "MIN_INSTANCES"), flag_or_env(max_instances,
+                                                                               "MAX_INSTANCES")
+    count = positive_int(count_raw, "INSTANCE_COUNT", 1)
     env = dict(DEFAULT_CONTAINER_ENV)
+    # Imported here, not at the top: these modules import this one.
+    if is_async:
+        from deploy.async_endpoint import ASYNC_CONTAINER_ENV, build_async_settings
+
+        env.update(ASYNC_CONTAINER_ENV)
+    serverless_settings = None
+    if is_serverless:
+        from deploy.serverless import SERVERLESS_CONTAINER_ENV, build_serverless_settings
+
+        given = [name for name, raw in (("INSTANCE_COUNT", count_raw), ("MIN_INSTANCES", min_raw),
+                                        ("MAX_INSTANCES", max_raw)) if raw not in (None, "")]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: a serverless endpoint has no instances to "
+                              "count or scale (SERVERLESS_MAX_CONCURRENCY bounds it)")
+        serverless_settings = build_serverless_settings(
+            flag_or_env(serverless_memory_mb, "SERVERLESS_MEMORY_MB"),
+            flag_or_env(serverless_max_concurrency, "SERVERLESS_MAX_CONCURRENCY"))
+        env.update(SERVERLESS_CONTAINER_ENV)
     env.update(parse_env_pairs(env_pairs))
     env = validate_container_env(env)
+    async_settings = build_async_settings(
+        env, s3_uri=async_s3_uri or env_or("ASYNC_S3_URI"),
+        success_topic=async_success_topic or env_or("ASYNC_SUCCESS_TOPIC"),
+        error_topic=async_error_topic or env_or("ASYNC_ERROR_TOPIC"),
+        max_concurrent=flag_or_env(async_max_concurrent, "ASYNC_MAX_CONCURRENT"),
+        target_backlog=flag_or_env(target_backlog, "TARGET_BACKLOG"),
+    ) if is_async else None
 
     scaling = ScalingConfig(
-        min_instances=_positive_int(min_instances if min_instances is not None
-                                    else env_or("MIN_INSTANCES"), "MIN_INSTANCES", count),
-        max_instances=_positive_int(max_instances if max_instances is not None
-                                    else env_or("MAX_INSTANCES"), "MAX_INSTANCES",
-                                    max(count, 2), minimum=0),
-        target_invocations=_positive_float(
+        # An asynchronous endpoint scales to zero when its queue is empty (by default).
+        min_instances=positive_int(min_raw, "MIN_INSTANCES", 0 if is_async else count,
+                                   minimum=0 if is_async else 1),
+        # Serverless: SageMaker scales it; there is nothing to register.
+        max_instances=0 if is_serverless else positive_int(max_raw, "MAX_INSTANCES",
+                                                           max(count, 2), minimum=0),
+        target_invocations=positive_float(
             target_invocations if target_invocations is not None
             else env_or("TARGET_INVOCATIONS"), "TARGET_INVOCATIONS", 60.0),
     )
@@ -268,13 +365,20 @@ def build_deploy_config(
         variant_name=variant,
         env=env,
         scaling=scaling,
-        timeout_s=_positive_float(timeout_s if timeout_s is not None
+        timeout_s=positive_float(timeout_s if timeout_s is not None
                                   else env_or("DEPLOY_TIMEOUT_S"), "DEPLOY_TIMEOUT_S", 1800.0),
-        poll_s=_positive_float(poll_s if poll_s is not None else env_or("DEPLOY_POLL_S"),
+        poll_s=positive_float(poll_s if poll_s is not None else env_or("DEPLOY_POLL_S"),
                                "DEPLOY_POLL_S", 15.0),
-        termination_wait_s=_positive_int(
+        termination_wait_s=positive_int(
             termination_wait_s if termination_wait_s is not None
             else env_or("TERMINATION_WAIT_S"), "TERMINATION_WAIT_S", 0, minimum=0),
         rollback_alarms=tuple(a.strip() for a in alarms),
         smoke_text=smoke_text or env_or("SMOKE_TEXT"),
+        async_inference=async_settings,
+        serverless=serverless_settings,
     )
+
+
+def _switch(flag: bool | None, env: str) -> bool:
+    return flag if flag is not None else (env_or(env, "0") or "0").lower() in (
+        "1", "true", "yes", "on")

@@ -60,7 +60,7 @@ def extract_summaries(payload: Any) -> list[str] | None:
     return None
 
 
-def _error_line(status: Any, raw: str) -> str:
+def error_line(status: Any, raw: str) -> str:
     """The server's {"error", "detail"} as ``error (status): detail``; raw text otherwise."""
     try:
         body = json.loads(raw)
@@ -111,11 +111,11 @@ def invoke(runtime: Any, endpoint: str, texts: list[str], parameters: dict | Non
     except ClientError as exc:
         resp = exc.response
         if "OriginalMessage" in resp:  # real SageMaker: the container's answer, wrapped
-            raise EndpointError(_error_line(resp.get("OriginalStatusCode"),
+            raise EndpointError(error_line(resp.get("OriginalStatusCode"),
                                             resp["OriginalMessage"])) from None
         status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if raw is not None and raw.body:
-            raise EndpointError(_error_line(status, raw.body.decode("utf-8", "replace"))) \
+            raise EndpointError(error_line(status, raw.body.decode("utf-8", "replace"))) \
                 from None
         err = resp.get("Error", {})
         raise EndpointError(f"{err.get('Code', 'error')} ({status}): "

@@ -17,14 +17,29 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from deploy.async_endpoint import async_inference_config
 from deploy.aws import is_not_found
-from deploy.config import DeployConfig, ScalingConfig
+from deploy.config import DeployConfig, ScalingConfig  # noqa: F401 (re-exported)
+from deploy.s3data import object_etag
+
+# Re-exported: the autoscaling helpers lived here before deploy/scaling.py.
+from deploy.scaling import (  # noqa: F401
+    alarm_name,
+    apply_scaling,
+    delete_alarm,
+    deregister_scaling,
+    ensure_scaling,
+    policy_name,
+    remove_scaling,
+    repoint_alarm,
+    restore_scaling,
+    snapshot_scaling,
+)
+from deploy.serverless import serverless_config
 
 Log = Callable[[str], None]
 
 MANAGED_BY_TAG = {"Key": "ManagedBy", "Value": "t5-serving-deploy"}
-SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
-SCALING_METRIC = "SageMakerVariantInvocationsPerInstance"
 # Statuses after which waiting more changes nothing.
 TERMINAL = {"InService", "Failed", "OutOfService", "UpdateRollbackFailed"}
 
@@ -113,14 +128,10 @@ def _tags(cfg: DeployConfig) -> list[dict[str, str]]:
 
 def _model_data_version(s3: Any, uri: str) -> str:
     """The object's ETag, so re-uploading different bytes to the same key counts as a change."""
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    try:
-        return s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        if code in ("404", "NoSuchKey", "NotFound"):
-            raise DeployError(f"model data {uri} does not exist (make package uploads it)") from None
-        raise
+    etag = object_etag(s3, uri)
+    if etag is None:
+        raise DeployError(f"model data {uri} does not exist (make package uploads it)")
+    return etag
 
 
 def _ensure_model(sm: Any, cfg: DeployConfig, name: str, undo: _Undo, log: Log) -> None:
@@ -143,85 +154,23 @@ def _ensure_config(sm: Any, cfg: DeployConfig, name: str, model: str, undo: _Und
     if _describe(sm.describe_endpoint_config, EndpointConfigName=name) is not None:
         log(f"endpoint config {name} exists (same inputs): reusing it")
         return
-    sm.create_endpoint_config(
-        EndpointConfigName=name,
-        ProductionVariants=[{
-            "VariantName": cfg.variant_name,
-            "ModelName": model,
+    extra = ({"AsyncInferenceConfig": async_inference_config(cfg.async_inference)}
+             if cfg.async_inference is not None else {})
+    variant: dict[str, Any] = {"VariantName": cfg.variant_name, "ModelName": model,
+                               "InitialVariantWeight": 1.0}
+    if cfg.serverless is not None:
+        variant["ServerlessConfig"] = serverless_config(cfg.serverless)
+    else:
+        variant.update({
             "InstanceType": cfg.instance_type,
             "InitialInstanceCount": cfg.instance_count,
-            "InitialVariantWeight": 1.0,
             # Model download + load + warm-up before /ping answers 200.
             "ContainerStartupHealthCheckTimeoutInSeconds": 600,
-        }],
-        Tags=_tags(cfg),
-    )
+        })
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant],
+                              Tags=_tags(cfg), **extra)
     undo.add("config", name)
     log(f"created endpoint config {name}")
-
-
-# ---- autoscaling -------------------------------------------------------------------------
-
-def _resource_id(endpoint: str, variant: str) -> str:
-    return f"endpoint/{endpoint}/variant/{variant}"
-
-
-def policy_name(endpoint: str) -> str:
-    return f"{endpoint}-invocations-target"
-
-
-def snapshot_scaling(aas: Any, endpoint: str, variant: str) -> dict | None:
-    """The registered target and policies of a variant, to restore after a rollback."""
-    rid = _resource_id(endpoint, variant)
-    targets = aas.describe_scalable_targets(
-        ServiceNamespace="sagemaker", ResourceIds=[rid],
-        ScalableDimension=SCALABLE_DIMENSION)["ScalableTargets"]
-    if not targets:
-        return None
-    policies = aas.describe_scaling_policies(
-        ServiceNamespace="sagemaker", ResourceId=rid,
-        ScalableDimension=SCALABLE_DIMENSION)["ScalingPolicies"]
-    return {"target": targets[0], "policies": policies}
-
-
-def restore_scaling(aas: Any, snap: dict) -> None:
-    t = snap["target"]
-    aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=t["ResourceId"],
-                                 ScalableDimension=SCALABLE_DIMENSION,
-                                 MinCapacity=t["MinCapacity"], MaxCapacity=t["MaxCapacity"])
-    for p in snap["policies"]:
-        kwargs = {"PolicyName": p["PolicyName"], "ServiceNamespace": "sagemaker",
-                  "ResourceId": t["ResourceId"], "ScalableDimension": SCALABLE_DIMENSION,
-                  "PolicyType": p["PolicyType"]}
-        if "TargetTrackingScalingPolicyConfiguration" in p:
-            kwargs["TargetTrackingScalingPolicyConfiguration"] = \
-                p["TargetTrackingScalingPolicyConfiguration"]
-        aas.put_scaling_policy(**kwargs)
-
-
-def deregister_scaling(aas: Any, endpoint: str, variant: str) -> None:
-    # Deregistering a target also deletes its policies.
-    aas.deregister_scalable_target(ServiceNamespace="sagemaker",
-                                   ResourceId=_resource_id(endpoint, variant),
-                                   ScalableDimension=SCALABLE_DIMENSION)
-
-
-def ensure_scaling(aas: Any, endpoint: str, variant: str, scaling: ScalingConfig) -> None:
-    """Register the variant and put a target-tracking policy; both calls are upserts."""
-    rid = _resource_id(endpoint, variant)
-    aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=rid,
-                                 ScalableDimension=SCALABLE_DIMENSION,
-                                 MinCapacity=scaling.min_instances,
-                                 MaxCapacity=scaling.max_instances)
-    aas.put_scaling_policy(
-        PolicyName=policy_name(endpoint), ServiceNamespace="sagemaker", ResourceId=rid,
-        ScalableDimension=SCALABLE_DIMENSION, PolicyType="TargetTrackingScaling",
-        TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": scaling.target_invocations,
-            "PredefinedMetricSpecification": {"PredefinedMetricType": SCALING_METRIC},
-            "ScaleInCooldown": scaling.scale_in_cooldown_s,
-            "ScaleOutCooldown": scaling.scale_out_cooldown_s,
-        })
 
 
 # ---- the deploy ---------------------------------------------------------------------------
@@ -248,8 +197,12 @@ def _smoke(runtime: Any, cfg: DeployConfig) -> None:
 
 
 def deploy(cfg: DeployConfig, *, sm: Any, aas: Any, s3: Any, runtime: Any = None,
-           log: Log = print, sleep: Callable[[float], None] = time.sleep) -> DeployResult:
-    """Create or blue/green-update ``cfg.endpoint_name``; see the module docstring."""
+           cw: Any = None, log: Log = print,
+           sleep: Callable[[float], None] = time.sleep) -> DeployResult:
+    """Create or blue/green-update ``cfg.endpoint_name``; see the module docstring.
+    ``cw`` (CloudWatch) is needed for an asynchronous endpoint that scales to zero."""
+    if cfg.async_inference is not None and cfg.scaling.enabled and cw is None:
+        raise DeployError("an asynchronous endpoint's autoscaling needs a CloudWatch client")
     existing = _describe(sm.describe_endpoint, EndpointName=cfg.endpoint_name)
     if existing is not None and existing["EndpointStatus"] != "InService":
         # Creating/Updating: another deploy is running. Failed: SageMaker accepts no update.
@@ -266,9 +219,16 @@ def deploy(cfg: DeployConfig, *, sm: Any, aas: Any, s3: Any, runtime: Any = None
     if existing is not None and existing["EndpointConfigName"] == name:
         log(f"endpoint {cfg.endpoint_name} already runs {name}: nothing to deploy")
         if cfg.scaling.enabled:
-            ensure_scaling(aas, cfg.endpoint_name, cfg.variant_name, cfg.scaling)
+            apply_scaling(cfg, aas, cw)
         return DeployResult(cfg.endpoint_name, name, name, "unchanged",
                             autoscaling=cfg.scaling.enabled)
+    if existing is not None and _kind(existing) != cfg.kind:
+        # Callers of a real-time endpoint use InvokeEndpoint, of an asynchronous one
+        # InvokeEndpointAsync; SageMaker never converts instance-based endpoints to serverless
+        # (and a serverless one converted cannot go back, so a rollback could not either).
+        raise DeployError(f"endpoint {cfg.endpoint_name} is {_kind(existing)}, this deploy is "
+                          f"{cfg.kind}: deploy it under another ENDPOINT_NAME (or delete this "
+                          "one first)")
 
     try:
         _ensure_model(sm, cfg, name, undo, log)
@@ -278,10 +238,19 @@ def deploy(cfg: DeployConfig, *, sm: Any, aas: Any, s3: Any, runtime: Any = None
         _raise_with(problems)
         raise
 
+    clients = dict(sm=sm, aas=aas, cw=cw, runtime=runtime)
     if existing is None:
-        return _create(cfg, name, sm=sm, aas=aas, runtime=runtime, undo=undo, wait=wait, log=log)
-    return _update(cfg, name, existing["EndpointConfigName"], sm=sm, aas=aas, runtime=runtime,
-                   undo=undo, wait=wait, log=log)
+        return _create(cfg, name, **clients, undo=undo, wait=wait, log=log)
+    return _update(cfg, name, existing["EndpointConfigName"], **clients, undo=undo, wait=wait,
+                   log=log)
+
+
+def _kind(desc: dict) -> str:
+    if desc.get("AsyncInferenceConfig"):
+        return "asynchronous"
+    if any(v.get("CurrentServerlessConfig") for v in desc.get("ProductionVariants", [])):
+        return "serverless"
+    return "real-time"
 
 
 def _raise_with(problems: list[str]) -> None:
@@ -289,8 +258,8 @@ def _raise_with(problems: list[str]) -> None:
         raise DeployError("rollback incomplete: " + "; ".join(problems))
 
 
-def _create(cfg: DeployConfig, name: str, *, sm: Any, aas: Any, runtime: Any, undo: _Undo,
-            wait: dict, log: Log) -> DeployResult:
+def _create(cfg: DeployConfig, name: str, *, sm: Any, aas: Any, cw: Any, runtime: Any,
+            undo: _Undo, wait: dict, log: Log) -> DeployResult:
     try:
         sm.create_endpoint(EndpointName=cfg.endpoint_name, EndpointConfigName=name,
                            Tags=_tags(cfg))
@@ -303,22 +272,22 @@ def _create(cfg: DeployConfig, name: str, *, sm: Any, aas: Any, runtime: Any, un
         if cfg.smoke_text is not None and runtime is not None:
             _smoke(runtime, cfg)
         if cfg.scaling.enabled:
-            ensure_scaling(aas, cfg.endpoint_name, cfg.variant_name, cfg.scaling)
+            apply_scaling(cfg, aas, cw)
     except BaseException as exc:
         log(f"deploy failed ({exc}); deleting what this run created")
         if cfg.scaling.enabled:
             try:
-                deregister_scaling(aas, cfg.endpoint_name, cfg.variant_name)
-            except (ClientError, BotoCoreError):
-                pass  # never registered: nothing to undo
+                remove_scaling(aas, cw, cfg.endpoint_name, cfg.variant_name)
+            except (ClientError, BotoCoreError) as err:
+                log(f"rollback: could not remove autoscaling: {err}")
         _raise_with(undo.run())
         raise
     return DeployResult(cfg.endpoint_name, name, name, "created",
                         autoscaling=cfg.scaling.enabled)
 
 
-def _update(cfg: DeployConfig, name: str, old_config: str, *, sm: Any, aas: Any, runtime: Any,
-            undo: _Undo, wait: dict, log: Log) -> DeployResult:
+def _update(cfg: DeployConfig, name: str, old_config: str, *, sm: Any, aas: Any, cw: Any,
+            runtime: Any, undo: _Undo, wait: dict, log: Log) -> DeployResult:
     # SageMaker refuses to change the instance type of a variant registered for autoscaling;
     # deregister first (restored on rollback, re-registered with the new bounds on success).
     scaling_snap = snapshot_scaling(aas, cfg.endpoint_name, cfg.variant_name)
@@ -344,9 +313,9 @@ def _update(cfg: DeployConfig, name: str, old_config: str, *, sm: Any, aas: Any,
         if cfg.smoke_text is not None and runtime is not None:
             _smoke(runtime, cfg)
         if cfg.scaling.enabled:
-            ensure_scaling(aas, cfg.endpoint_name, cfg.variant_name, cfg.scaling)
+            apply_scaling(cfg, aas, cw)
         elif scaling_snap is not None and not deregistered:
-            deregister_scaling(aas, cfg.endpoint_name, cfg.variant_name)
+            remove_scaling(aas, cw, cfg.endpoint_name, cfg.variant_name)
     except WaitTimeout as exc:
         # Mid-update nothing can be undone safely: the new config is in use.
         raise DeployError(
@@ -361,7 +330,7 @@ def _update(cfg: DeployConfig, name: str, old_config: str, *, sm: Any, aas: Any,
             back, problems = _switch_back(sm, cfg, old_config, wait, log)
         if scaling_snap is not None:
             try:
-                restore_scaling(aas, scaling_snap)
+                repoint_alarm(cw, cfg.endpoint_name, restore_scaling(aas, scaling_snap))
             except (ClientError, BotoCoreError) as err:
                 problems.append(f"could not restore autoscaling: {err}")
         if back:
@@ -397,8 +366,9 @@ def _switch_back(sm: Any, cfg: DeployConfig, old_config: str, wait: dict,
 
 # ---- delete / status ----------------------------------------------------------------------
 
-def delete(endpoint: str, *, sm: Any, aas: Any, log: Log = print) -> list[str]:
-    """Delete the endpoint, its autoscaling, and every model/config tagged for it."""
+def delete(endpoint: str, *, sm: Any, aas: Any, cw: Any = None, log: Log = print) -> list[str]:
+    """Delete the endpoint, its autoscaling (and the scale-from-zero alarm of an asynchronous
+    one, given ``cw``), and every model/config tagged for it."""
     deleted = []
     desc = _describe(sm.describe_endpoint, EndpointName=endpoint)
     if desc is not None:
@@ -409,6 +379,8 @@ def delete(endpoint: str, *, sm: Any, aas: Any, log: Log = print) -> list[str]:
                 pass  # not registered
         sm.delete_endpoint(EndpointName=endpoint)
         deleted.append(f"endpoint {endpoint}")
+    if cw is not None and delete_alarm(cw, endpoint):
+        deleted.append(f"alarm {alarm_name(endpoint)}")
     prefix = endpoint[:50].rstrip("-") + "-"
     for cfg in _paged(sm, "list_endpoint_configs", "EndpointConfigs", NameContains=prefix):
         name = cfg["EndpointConfigName"]

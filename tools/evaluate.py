@@ -2,11 +2,14 @@
 
     python -m tools.evaluate DATA.jsonl --url http://127.0.0.1:8080 --out report.json
     python -m tools.evaluate DATA.jsonl --endpoint-name NAME [--region R] --out report.json
+    python -m tools.evaluate OUTPUT.jsonl.out --transform-output --out report.json
 
 Sends the dialogues to /invocations (the HTTP server) or to a SageMaker endpoint through
 sagemaker-runtime InvokeEndpoint, in requests of --batch-size dialogues, and writes a JSON
 report: mean ROUGE-1/2/L F1 (0..1, Porter stemming, offline), counts, request latencies, and
-(with --predictions) every prediction next to its reference.
+(with --predictions) every prediction next to its reference. --transform-output scores a batch
+transform's output offline instead: input records joined with their answers (JoinSource=Input
+puts each answer under SageMakerOutput).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from tools.dialogsum import DialogSumError, Record, read_records
+from tools.dialogsum import DialogSumError, Record, json_lines, read_records
 
 Invoke = Callable[[list[str], dict[str, Any]], list[str]]
 
@@ -75,6 +78,33 @@ def sagemaker_invoker(endpoint_name: str, region: str | None = None, client=None
     return invoke
 
 
+def joined_predictions(path: Path, limit: int | None = None) -> list[str]:
+    """The answers in a batch transform output joined to its input, in file order (the order
+    read_records reads the records in): SageMakerOutput is {"summary": ...} per line."""
+    predictions = []
+    for number, row in json_lines(path.read_text(encoding="utf-8")):
+        answer = row.get("SageMakerOutput") if isinstance(row, dict) else None
+        if isinstance(answer, dict) and isinstance(answer.get("summary"), str):
+            predictions.append(answer["summary"])
+        elif isinstance(answer, str):
+            predictions.append(answer)
+        else:
+            raise EvaluateError(f"{path} line {number}: no SageMakerOutput.summary (is it a batch "
+                                "transform output joined to its input?)")
+        if limit and len(predictions) >= limit:
+            break
+    return predictions
+
+
+def precomputed_invoker(predictions: list[str]) -> Invoke:
+    """Hands out answers that already exist, so evaluate() scores them like live ones."""
+    remaining = iter(predictions)
+
+    def invoke(dialogues: list[str], parameters: dict[str, Any]) -> list[str]:
+        return [next(remaining) for _ in dialogues]
+    return invoke
+
+
 def rouge(predictions: list[str], references: list[str]) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Mean and per-example ROUGE-1/2/L F1. use_stemmer is nltk's Porter stemmer: no data download."""
     from rouge_score import rouge_scorer
@@ -115,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="server base URL, e.g. http://127.0.0.1:8080")
     target.add_argument("--endpoint-name", help="SageMaker endpoint name (boto3 sagemaker-runtime)")
+    target.add_argument("--transform-output", action="store_true", help="DATA is a batch transform "
+                        "output joined to its input: score its SageMakerOutput answers offline")
     parser.add_argument("--region", help="AWS region for --endpoint-name (default: the AWS config's)")
     parser.add_argument("--out", required=True, help="JSON report path")
     parser.add_argument("--predictions", help="also write every prediction and its scores here (JSONL)")
@@ -130,14 +162,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         records = read_records(args.data, args.limit)
-        invoke = (http_invoker(args.url, args.timeout) if args.url
-                  else sagemaker_invoker(args.endpoint_name, args.region))
+        if args.transform_output:
+            invoke = precomputed_invoker(joined_predictions(Path(args.data), args.limit))
+        elif args.url:
+            invoke = http_invoker(args.url, args.timeout)
+        else:
+            invoke = sagemaker_invoker(args.endpoint_name, args.region)
         report, rows = evaluate(records, invoke, args.batch_size,
                                 {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams})
     except (EvaluateError, DialogSumError) as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 1
-    report["target"] = args.url or f"sagemaker:{args.endpoint_name}"
+    if args.transform_output:
+        # Generated elsewhere: no request was timed and the generation parameters are unknown.
+        for unknown in ("latency_s", "requests", "batch_size", "parameters"):
+            report.pop(unknown)
+    report["target"] = ("batch transform output" if args.transform_output
+                        else args.url or f"sagemaker:{args.endpoint_name}")
     report["data"] = args.data
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

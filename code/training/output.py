@@ -40,3 +40,7 @@ def write_model_dir(cfg: Config, model, tokenizer, base: str, info: dict[str, An
                 shutil.copy2(item, target / item.name)
     info["bundled_base"] = bundle
     (out / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
+    # SageMaker tars this dir into model.tar.gz as it is, and safetensors writes 0600 files
+    # that a serving container running as another user could not read.
+    for path in out.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)

@@ -1,13 +1,17 @@
 """Fixtures for the image tests: a tiny model packaged as SageMaker's model.tar.gz.
 
 The Docker helpers and the engine/image checks live in test_image.py (a test module cannot
-import conftest under every pytest import mode); this file only prepares model files.
+import conftest under every pytest import mode); this file prepares model files and, for the
+SageMaker SDK's local-mode tests, the loopback-only network fixture they share.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,3 +78,36 @@ def packaged_model(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pat
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in weights)).hexdigest()
     return PackagedModel(base_dir=base, model_dir=unpacked, tarball=tarball,
                          adapter_sha256=digest, members=members)
+
+
+SDK_NETWORK = "sagemaker-local"
+
+
+def _docker_run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    docker = os.environ.get("DOCKER") or shutil.which("docker") or "docker"
+    return subprocess.run([docker, *args], capture_output=True, text=True, timeout=60, check=check)
+
+
+@pytest.fixture(scope="module")
+def loopback_network():
+    """For the SageMaker SDK's local mode (test_sdk_local_*.py): the SDK's network, created so
+    published ports bind 127.0.0.1 (dockerd here runs with --bridge=none --iptables=false: a user
+    bridge + docker-proxy still publish)."""
+    existing = _docker_run("network", "inspect", SDK_NETWORK, check=False)
+    created = False
+    if existing.returncode == 0:
+        opts = json.loads(existing.stdout)[0].get("Options") or {}
+        if opts.get("com.docker.network.bridge.host_binding_ipv4") != "127.0.0.1":
+            pytest.fail(f"network {SDK_NETWORK} exists but publishes on all interfaces; "
+                        f"remove it (docker network rm {SDK_NETWORK})")
+    else:
+        _docker_run("network", "create", "-o", "com.docker.network.bridge.host_binding_ipv4=127.0.0.1",
+             "--label", f"com.docker.compose.network={SDK_NETWORK}", SDK_NETWORK)
+        created = True
+    yield SDK_NETWORK
+    # Safety net: containers the SDK left behind on this network.
+    ids = _docker_run("ps", "-aq", "--filter", f"network={SDK_NETWORK}", check=False).stdout.split()
+    if ids:
+        _docker_run("rm", "-f", *ids, check=False)
+    if created:
+        _docker_run("network", "rm", SDK_NETWORK, check=False)

@@ -2,8 +2,8 @@
 
 ``Model.deploy(instance_type="local")`` runs the image through docker compose with a
 model.tar.gz made by ``deploy.package`` (tiny random adapter + base + code/inference.py), and
-the SDK's runtime client gets summaries back. ``Estimator.fit`` runs the image's ``train``
-once code/train.py exists.
+the SDK's runtime client gets summaries back. Training jobs and batch transform in local
+mode: test_sdk_local_training.py.
 
 The SDK lives in its own venv (T5S_SDK_PYTHON; .ci/aws.sh builds it), so its pins never touch
 the serving venv. Needs DOCKER_HOST (engine), T5S_IMAGE (built image), docker compose v2.
@@ -31,7 +31,6 @@ pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
 SDK_PYTHON = os.environ.get("T5S_SDK_PYTHON",
                             "/var/cache/t5serving/sagemaker-sdk-venv/bin/python")
-NETWORK = "sagemaker-local"
 UNREACHABLE_PROXY = "http://127.0.0.1:9"
 
 
@@ -68,30 +67,6 @@ def _skip_reason() -> str | None:
 SKIP = _skip_reason()
 if SKIP:
     pytestmark = [pytest.mark.docker, pytest.mark.skip(reason=SKIP)]
-
-
-@pytest.fixture(scope="module")
-def loopback_network():
-    """The SDK's network, created so published ports bind 127.0.0.1 (dockerd here runs
-    with --bridge=none --iptables=false: a user bridge + docker-proxy still publish)."""
-    existing = _run("network", "inspect", NETWORK, check=False)
-    created = False
-    if existing.returncode == 0:
-        opts = json.loads(existing.stdout)[0].get("Options") or {}
-        if opts.get("com.docker.network.bridge.host_binding_ipv4") != "127.0.0.1":
-            pytest.fail(f"network {NETWORK} exists but publishes on all interfaces; "
-                        f"remove it (docker network rm {NETWORK})")
-    else:
-        _run("network", "create", "-o", "com.docker.network.bridge.host_binding_ipv4=127.0.0.1",
-             "--label", f"com.docker.compose.network={NETWORK}", NETWORK)
-        created = True
-    yield NETWORK
-    # Safety net: containers the SDK left behind on this network.
-    ids = _run("ps", "-aq", "--filter", f"network={NETWORK}", check=False).stdout.split()
-    if ids:
-        _run("rm", "-f", *ids, check=False)
-    if created:
-        _run("network", "rm", NETWORK, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -164,27 +139,6 @@ def test_sdk_local_mode_serves_summaries(loopback_network: str, model_tarball: P
     while (running := _run("ps", "-q", "--filter", f"network={loopback_network}").stdout.split()):
         assert time.monotonic() < deadline, f"still running after delete_endpoint: {running}"
         time.sleep(1)
-
-
-def test_sdk_local_mode_estimator_fit(loopback_network: str, tmp_path: Path) -> None:
-    if not (REPO / "code" / "train.py").exists():
-        pytest.skip("code/train.py does not exist yet (the training helper writes it)")
-    data = tmp_path / "train"
-    data.mkdir()
-    rows = [{"dialogue": f"#Person1#: item {i}? #Person2#: yes {i}.", "summary": f"item {i}"}
-            for i in range(8)]
-    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out_dir = tmp_path / "output"
-    out_dir.mkdir()
-    cmd = [SDK_PYTHON, "-m", "deploy.sdk_local", "train", "--image", os.environ["T5S_IMAGE"],
-           "--train-dir", str(data), "--output-dir", str(out_dir),
-           "--env", "T5S_DEV_MODEL=tiny", "--hp", "epochs=1", "--hp", "max_steps=2",
-           "--result", str(tmp_path / "result.json")]
-    proc = subprocess.run(cmd, cwd=REPO, env=_sdk_env(tmp_path), capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    model_data = json.loads((tmp_path / "result.json").read_text())["model_data"]
-    assert model_data.startswith("file://") and Path(model_data[7:]).exists()
 
 
 if __name__ == "__main__":
