@@ -89,7 +89,7 @@ test-stress: install ## The output-equivalence tests STRESS_ROUNDS x at 1 and 2 
 	  echo "== threads=$$threads round=$$round"; \
 	  random="-p random_order --random-order-bucket=module --random-order-seed=$$threads$$round"; \
 	  OMP_NUM_THREADS=$$threads $(PY) -m pytest -q -p no:cacheprovider $$random $(EQUIVALENCE_TESTS); \
-	  for engine in torch ctranslate2-float32 ctranslate2-int8; do \
+	  for engine in torch torch-request ctranslate2-float32 ctranslate2-int8; do \
 	    CONTRACT_ENGINE=$$engine OMP_NUM_THREADS=$$threads $(PY) -m pytest -q -p no:cacheprovider $$random tests/contract; \
 	  done; \
 	done; done

@@ -72,6 +72,10 @@ PARAMETERS: dict[str, tuple[type, Any, float, float]] = {
     "top_p": (float, 1.0, 1e-3, 1.0),
     "repetition_penalty": (float, 1.0, 0.5, 5.0),
     "no_repeat_ngram_size": (int, 0, 0, 10),
+    # Sampling only. The batching server's continuous scheduler gives each row its own random
+    # generator from it, so the same seed gives the same text whatever the neighbours; through
+    # generate() (AWS's toolkit, the request-level batcher) it seeds the whole batch.
+    "seed": (int, None, 0, 2**63 - 1),
 }
 
 
@@ -87,6 +91,9 @@ def validate_parameters(raw: Any) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for name, (kind, default, lo, hi) in PARAMETERS.items():
         value = raw.get(name, default)
+        if value is None and default is None:  # optional without a default (seed)
+            params[name] = None
+            continue
         if kind is bool:
             if not isinstance(value, bool):
                 raise InputError(f"parameter {name} must be true or false, got {value!r}")
@@ -373,6 +380,8 @@ def predict_fn(items: list[dict[str, Any]], model: dict[str, Any]) -> list[dict[
         texts = [items[i]["inputs"] for i in indices]
         encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_input, return_tensors="pt")
         encoded = {k: v.to(model["device"]) for k, v in encoded.items()}
+        if params["do_sample"] and params["seed"] is not None:
+            torch.manual_seed(params["seed"])
         with torch.inference_mode():
             output = network.generate(**encoded, **_generate_kwargs(params))
         # output[:, 0] is the decoder start token; count the rest up to (not including) EOS/pad.

@@ -116,6 +116,36 @@ class Settings:
         "Build each batch from the queued items nearest in length to the oldest one. Off, a "
         "batch takes items in arrival order: simpler to reason about, but a mix of short and long "
         "dialogues pads every short one to the longest (up to 2x the compute).")
+    scheduler: str = _knob(
+        "SCHEDULER", "auto",
+        "continuous decodes rows step by step: a row leaves the running batch the moment it is "
+        "done and waiting rows join between steps, each with its own generation parameters, so "
+        "mixed output lengths and parameters do not split or stall batches (docs/batching.md). "
+        "request runs each batch as one generate call (items with identical parameters only, "
+        "every row until the longest is done); it is what custom predict_fn scripts and the "
+        "CTranslate2 engine get. auto is continuous where the engine can (the torch engines with "
+        "the image's own predict_fn and a T5-family model), else request.",
+        choices=("auto", "continuous", "request"))
+    max_running_rows: int = _knob(
+        "MAX_RUNNING_ROWS", 16,
+        "SCHEDULER=continuous: most rows decoding together. More raises throughput until the "
+        "device saturates (about 16 on a 2-core CPU for FLAN-T5-base), but every step takes "
+        "longer, so each row's time per token grows.", minimum=1, maximum=1024)
+    max_tokens_in_flight: int = _knob(
+        "MAX_TOKENS_IN_FLIGHT", 16384,
+        "SCHEDULER=continuous: tokens the running rows may hold, counted as input tokens + "
+        "max_new_tokens per row, reserved when a row joins. Bounds the attention cache (about "
+        "72 KB per token for FLAN-T5-base in fp32, so the default is up to ~1.2 GB) and the "
+        "length of a step; rows that do not fit wait. A row larger than the budget runs alone.",
+        minimum=1)
+    join_policy: str = _knob(
+        "JOIN_POLICY", "eager",
+        "SCHEDULER=continuous: when waiting rows join a running batch. eager: at the next step "
+        "boundary, so a row starts as soon as there is room (best time to first token and "
+        "occupancy; each join pauses the running rows for one encoder pass). batched: only after "
+        "the oldest waiting row has waited MAX_BATCH_DELAY_MS or enough rows wait to fill the "
+        "free places, so arrivals are encoded together in fewer passes, for that much added "
+        "latency.", choices=("eager", "batched"))
     max_queue_size: int = _knob(
         "MAX_QUEUE_SIZE", 256,
         "Most items waiting for the model. Beyond it requests get 503 with Retry-After at once "

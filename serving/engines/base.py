@@ -4,7 +4,9 @@ The batcher, the routes and the metrics see only this Protocol, so an engine slo
 implementing its three required methods. The optional capabilities are part of the Protocol
 too, with the behaviour an engine gets when it subclasses ``Engine`` and leaves them out:
 ``validate`` (refuse items at admission), ``batch_key`` (which items may share a generate call),
-``bind_metrics`` (register the engine's own metrics) and ``registry`` (the adapters it serves).
+``bind_metrics`` (register the engine's own metrics), ``registry`` (the adapters it serves) and
+``decoder`` (rows that join and leave a running batch between decode steps, for the continuous
+scheduler).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from serving.types import Item, Prediction
 
 if TYPE_CHECKING:  # pragma: no cover
+    from serving.engines.decoding import DecodeRow
     from serving.metrics import Metrics
     from serving.models.adapters import AdapterRegistry
 
@@ -22,6 +25,51 @@ if TYPE_CHECKING:  # pragma: no cover
 def parameters_key(item: Item) -> str:
     """Items with the same key have identical generation parameters: generate takes one set."""
     return json.dumps(item.get("parameters") or {}, sort_keys=True)
+
+
+class IterativeDecoder(Protocol):
+    """An engine's running batch, for iteration-level scheduling (serving/scheduling/continuous.py).
+
+    Called from one worker thread only. ``join`` and ``step`` may raise; the scheduler then
+    isolates the rows involved. A row is done when its ``finished`` is set (by ``step``, or with
+    ``error`` set when it cannot go on)."""
+
+    @property
+    def rows(self) -> list[DecodeRow]:
+        """The running rows, in batch order."""
+        ...
+
+    def accepts(self, item: Item) -> bool:
+        """Whether the item can run in the batch (others go through ``Engine.generate``)."""
+        ...
+
+    def new_row(self, item: Item) -> DecodeRow:
+        """The item, tokenized, ready to join."""
+        ...
+
+    def join(self, rows: list[DecodeRow]) -> None:
+        """Encode the rows together and add them to the running batch."""
+        ...
+
+    def step(self) -> None:
+        """One token for every running row."""
+        ...
+
+    def leave(self, rows: list[DecodeRow]) -> None:
+        """Drop the rows and the padding only they needed."""
+        ...
+
+    def reset(self) -> list[DecodeRow]:
+        """Forget the running batch after a failure; the rows it held."""
+        ...
+
+    def result(self, row: DecodeRow) -> Prediction:
+        """A finished row's prediction, as predict_fn would give it."""
+        ...
+
+    def warm_up(self, item: Item) -> Prediction:
+        """Decode one item alone, start to end (before the server reports ready)."""
+        ...
 
 
 class Engine(Protocol):
@@ -57,4 +105,9 @@ class Engine(Protocol):
     @property
     def registry(self) -> AdapterRegistry | None:
         """The adapters this engine serves per request; None for a single-model engine."""
+        return None
+
+    def decoder(self) -> IterativeDecoder | None:
+        """A running batch for the continuous scheduler, after load; None when this engine (or
+        this model) can only generate whole batches. Called once."""
         return None

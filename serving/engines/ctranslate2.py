@@ -17,6 +17,17 @@ Parameter mapping (docs/ctranslate2.md has the table):
 - ``repetition_penalty`` and ``no_repeat_ngram_size`` map by name.
 - ``do_sample`` with ``num_beams > 1`` (transformers' beam-sample) has no CTranslate2
   equivalent: a 400 ``unsupported_parameter`` at admission, never a silent approximation.
+- ``seed`` seeds CTranslate2's random generator for the batch (it has no per-row generator), so
+  a seeded sampled request is reproducible when it runs in the same batch composition.
+
+Sharing batches (``batch_key``): ``translate_batch`` takes one option set per call, but a greedy
+prefix does not depend on the length limit, so greedy rows that differ only in
+``max_new_tokens`` share a call decoded to the largest and each is cut at its own; rows asking
+for an exact length (``min_new_tokens == max_new_tokens``) share one too, with EOS held off to
+the largest. What still splits batches, and why: a different ``min_new_tokens`` on rows that may
+stop early (EOS is allowed from a per-call step), ``repetition_penalty`` and
+``no_repeat_ngram_size`` (per-call options), and every sampling or beam-search setting (per call,
+and neither a sampled nor a beam output may be cut from a longer one).
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ logger = logging.getLogger("t5serving.ctranslate2")
 
 # The generation parameters code/inference.py validates, and what CTranslate2 can do with them.
 KNOWN_PARAMETERS = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature",
-                    "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size")
+                    "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size", "seed")
 
 
 class UnsupportedParameterError(ValueError):
@@ -170,36 +181,64 @@ class CTranslate2Engine(Engine):
         for item in items:
             check_parameters(item.get("parameters") or {})
 
+    def batch_key(self, item: Item) -> str:
+        """Greedy rows share a call across lengths (module docstring); the rest need equal parameters."""
+        params = self._complete(item.get("parameters") or {})
+        if params["do_sample"] or params["num_beams"] > 1:
+            return parameters_key(item)
+        exact = params["min_new_tokens"] == params["max_new_tokens"]
+        return json.dumps({"greedy": "exact length" if exact else f"min_new_tokens={params['min_new_tokens']}",
+                           "repetition_penalty": params["repetition_penalty"],
+                           "no_repeat_ngram_size": params["no_repeat_ngram_size"]}, sort_keys=True)
+
     def generate(self, items: list[Item]) -> list[Prediction | BaseException]:
         results: list[Prediction | BaseException | None] = [None] * len(items)
         groups: dict[str, list[int]] = {}
         for index, item in enumerate(items):
-            groups.setdefault(parameters_key(item), []).append(index)
-        for key, indices in groups.items():
+            groups.setdefault(self.batch_key(item), []).append(index)
+        for indices in groups.values():
+            rows = [self._complete(items[i].get("parameters") or {}) for i in indices]
             try:
-                options = translate_options(self._complete(json.loads(key)))
+                options = translate_options(self._call_parameters(rows))
             except UnsupportedParameterError as exc:
                 for index in indices:
                     results[index] = exc
                 continue
-            for index, prediction in zip(indices, self._translate([items[i]["inputs"] for i in indices], options)):
+            if rows[0]["do_sample"] and rows[0]["seed"] is not None:
+                import ctranslate2
+
+                ctranslate2.set_random_seed(rows[0]["seed"])
+            limits = [row["max_new_tokens"] for row in rows]
+            predictions = self._translate([items[i]["inputs"] for i in indices], options, limits)
+            for index, prediction in zip(indices, predictions, strict=True):
                 results[index] = prediction
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _call_parameters(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """One call's parameters for rows of one batch_key: decoded to the largest limit (each row
+        is cut at its own); exact-length rows keep EOS off up to it."""
+        params = dict(rows[0])
+        if len(rows) > 1 and not params["do_sample"] and params["num_beams"] == 1:
+            longest = max(row["max_new_tokens"] for row in rows)
+            exact = params["min_new_tokens"] == params["max_new_tokens"]
+            params.update(max_new_tokens=longest, min_new_tokens=longest if exact else params["min_new_tokens"])
+        return params
 
     def _complete(self, params: dict[str, Any]) -> dict[str, Any]:
         # Items from input_fn carry complete parameters; a custom input_fn may not.
         defaults = {name: spec[1] for name, spec in default_script_module().PARAMETERS.items()}
         return {**defaults, **params}
 
-    def _translate(self, texts: list[str], options: dict[str, Any]) -> list[Prediction]:
+    def _translate(self, texts: list[str], options: dict[str, Any], limits: list[int]) -> list[Prediction]:
         tok = self.tokenizer
         encoded = tok(texts, truncation=True, max_length=self.settings.max_input_tokens)["input_ids"]
         source = [tok.convert_ids_to_tokens(ids) for ids in encoded]
         outputs = self.translator.translate_batch(source, **options)
         special = {tok.pad_token_id, tok.eos_token_id}
         predictions: list[Prediction] = []
-        for ids_in, output in zip(encoded, outputs):
-            ids = tok.convert_tokens_to_ids(output.hypotheses[0])
+        for ids_in, output, limit in zip(encoded, outputs, limits, strict=True):
+            ids = tok.convert_tokens_to_ids(output.hypotheses[0])[:limit]
             predictions.append({
                 "summary": tok.decode(ids, skip_special_tokens=True).strip(),
                 "input_tokens": len(ids_in),

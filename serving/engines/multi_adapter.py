@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,11 +31,22 @@ from serving.engines.base import parameters_key
 from serving.engines.lora_kernel import drop_stacks, install_stacked_forward
 from serving.engines.torch import ScriptEngine
 from serving.metrics import Metrics
-from serving.models.adapters import BASE, AdapterError, AdapterRegistry, adapter_dirs, read_json, validate_name
+from serving.models.adapters import (
+    BASE,
+    AdapterError,
+    AdapterRegistry,
+    AdapterUnloadedError,
+    adapter_dirs,
+    read_json,
+    validate_name,
+)
 from serving.models.handlers import Handlers, default_script_module
 from serving.models.source import resolve_model_location
 from serving.settings import Settings
 from serving.types import Item, Prediction, ResidentKind
+
+if TYPE_CHECKING:  # pragma: no cover
+    from serving.engines.multi_adapter_decoding import MultiAdapterDecoder
 
 logger = logging.getLogger("t5serving.multi_adapter")
 
@@ -54,13 +66,6 @@ _UNSUPPORTED = {
     "layer_replication": "adapters with layer replication",
     "lora_bias": "adapters with a bias on lora_B",
 }
-
-
-class AdapterUnloadedError(RuntimeError):
-    """The item's adapter was unloaded before its batch ran."""
-
-    status_code = 404
-    error = "adapter_unloaded"
 
 
 class _AdapterRows:
@@ -344,6 +349,12 @@ class MultiAdapterEngine(ScriptEngine):
         if rows.calls != 1:
             raise RuntimeError(f"predict_fn called generate {rows.calls} times for one batch; multi-adapter "
                                "mode needs exactly one call covering all items")
+        self.observe_adapters(names)
+        return outputs
+
+    def observe_adapters(self, names: list[str]) -> None:
+        """Count one forward pass over the shared base (a generate call, or one decode step of
+        the continuous scheduler) and how many adapters it mixed."""
         distinct = sorted(set(names))
         self.batches += 1
         self.last_batch_adapters = distinct
@@ -354,5 +365,17 @@ class MultiAdapterEngine(ScriptEngine):
             metrics.batch_adapters.observe(len(distinct))
             if len(distinct) > 1:
                 metrics.mixed_batches.inc()
-        return outputs
+
+    def decoder(self) -> MultiAdapterDecoder | None:
+        # Imported here: transformers' cache classes are needed only once a model is loaded.
+        from serving.engines.item_decoding import why_not_iterative
+        from serving.engines.multi_adapter_decoding import MultiAdapterDecoder
+
+        reason = why_not_iterative(self.handlers, self.model)
+        if reason is not None:
+            logger.info("continuous batching is off for this model: %s; whole batches go through generate", reason)
+            return None
+        return MultiAdapterDecoder({**self.model, "model": self.peft}, int(os.environ.get("MAX_INPUT_TOKENS", "512")),
+                                   lock=self._lock, installed=self._installed, full_models=self._models,
+                                   observe=self.observe_adapters)
 

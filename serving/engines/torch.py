@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from serving.engines.base import Engine
 from serving.models.handlers import Handlers
 from serving.types import Item, Prediction
+
+if TYPE_CHECKING:  # pragma: no cover
+    from serving.engines.item_decoding import ItemDecoder
 
 logger = logging.getLogger("t5serving.engine")
 
@@ -65,3 +69,14 @@ class ScriptEngine(Engine):
 
     def generate(self, items: list[Item]) -> list[Prediction | BaseException]:
         return list(self.handlers.predict_fn(items, self.model))
+
+    def decoder(self) -> ItemDecoder | None:
+        # Imported here: transformers' cache classes are needed only once a model is loaded.
+        from serving.engines.item_decoding import ItemDecoder, why_not_iterative
+
+        reason = why_not_iterative(self.handlers, self.model)
+        if reason is not None:
+            logger.info("continuous batching is off for this model: %s; whole batches go through generate", reason)
+            return None
+        # predict_fn reads the same variable, so both paths truncate inputs alike.
+        return ItemDecoder(self.model, int(os.environ.get("MAX_INPUT_TOKENS", "512")))

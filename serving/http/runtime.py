@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.engines import Engine, create_engine
+from serving.engines.base import IterativeDecoder
 from serving.metrics import Metrics
 from serving.models.adapters import AdapterRegistry
 from serving.models.handlers import Handlers, load_handlers
 from serving.models.source import resolve_model_location
-from serving.scheduling import Batcher
+from serving.scheduling import Batcher, ContinuousBatcher, Scheduler
 from serving.settings import Settings
 from serving.types import ServerStatus
 from serving.version import __version__
@@ -60,7 +61,8 @@ class Runtime:
         self.state = ServerState()
         self.handlers = handlers
         self.engine = engine
-        self.batcher: Batcher | None = None
+        self.batcher: Scheduler | None = None
+        self.decoder: IterativeDecoder | None = None
         self.inflight = 0
         self.metrics.ready.set(0)
         self.metrics.queue_capacity.set(settings.max_queue_size)
@@ -82,13 +84,27 @@ class Runtime:
         if self.engine is None:
             self.engine = create_engine(self.settings.engine, self.handlers, location, self.settings)
         info = self.engine.load()
+        self.decoder = self._decoder()
         if self.settings.warmup:
             items = self.handlers.input_fn(WARMUP_BODY, "application/json")
             results = self.engine.generate(items)
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 raise RuntimeError(f"warm-up generate failed: {failed[0]}")
-        return info
+            if self.decoder is not None:
+                self.decoder.warm_up(items[0])
+        return {**info, "scheduler": "continuous" if self.decoder is not None else "request"}
+
+    def _decoder(self) -> IterativeDecoder | None:
+        """The engine's running batch when the continuous scheduler applies (SCHEDULER)."""
+        assert self.engine is not None
+        if self.settings.scheduler == "request":
+            return None
+        decoder = self.engine.decoder()
+        if decoder is None and self.settings.scheduler == "continuous":
+            raise RuntimeError(f"SCHEDULER=continuous, but the {self.engine.name} engine cannot decode this model "
+                               "step by step (the log says why); use SCHEDULER=auto or request")
+        return decoder
 
     async def load(self) -> None:
         started = time.monotonic()
@@ -108,9 +124,15 @@ class Runtime:
             dtype=str(info.get("dtype", "")), device=str(info.get("device", "")),
             engine=str(info.get("engine", "")), version=__version__).set(1)
         s = self.settings
-        self.batcher = Batcher(self.engine, self.metrics, max_batch_size=s.max_batch_size,
-                               max_batch_tokens=s.max_batch_tokens, max_batch_delay_ms=s.max_batch_delay_ms,
-                               max_queue_size=s.max_queue_size, length_aware=s.length_aware_batching)
+        if self.decoder is not None:
+            self.batcher = ContinuousBatcher(
+                self.engine, self.decoder, self.metrics, max_running_rows=s.max_running_rows,
+                max_tokens_in_flight=s.max_tokens_in_flight, max_batch_delay_ms=s.max_batch_delay_ms,
+                max_queue_size=s.max_queue_size, join_policy=s.join_policy, max_lane_batch=s.max_batch_size)
+        else:
+            self.batcher = Batcher(self.engine, self.metrics, max_batch_size=s.max_batch_size,
+                                   max_batch_tokens=s.max_batch_tokens, max_batch_delay_ms=s.max_batch_delay_ms,
+                                   max_queue_size=s.max_queue_size, length_aware=s.length_aware_batching)
         self.engine.bind_metrics(self.metrics)
         self.batcher.start()
         if self.state.status is ServerStatus.LOADING:

@@ -26,31 +26,15 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from serving.engines.base import Engine
 from serving.metrics import Metrics
 from serving.scheduling.errors import ClientGoneError, DeadlineExceededError, DrainingError, QueueFullError
+from serving.scheduling.work import WorkItem
 from serving.types import DropReason, Item
 
 logger = logging.getLogger("t5serving.batcher")
-
-
-@dataclass(eq=False)
-class WorkItem:
-    """One queued item, its future and what the access log reports about its trip."""
-
-    item: Item
-    tokens: int
-    group: str
-    deadline: float
-    request_id: str
-    future: asyncio.Future[Any] = field(repr=False)
-    enqueued: float = field(default_factory=time.monotonic)
-    queue_wait: float = 0.0
-    batch_size: int = 0
-    compute: float = 0.0
 
 
 class Batcher:

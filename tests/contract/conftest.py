@@ -1,8 +1,9 @@
 """The hosting-contract suite runs against any server.
 
-By default it runs three times, against a server started here on the tiny model's adapter with
-each engine: torch, CTranslate2 float32 and CTranslate2 int8 (the batcher, routes and validation
-must not care which engine serves). With CONTRACT_BASE_URL set it targets one already running
+By default it runs four times, against a server started here on the tiny model's adapter with
+each engine and scheduler: torch with the continuous scheduler and with the request-level batcher,
+CTranslate2 float32 and int8 (the scheduler, routes and validation must not care which engine
+serves). With CONTRACT_BASE_URL set it targets one already running
 server instead (the container, a pod); CONTRACT_ENGINE=torch|ctranslate2-float32|... picks one
 local engine.
 
@@ -27,7 +28,8 @@ from tests.support import running_server, wait_for
 from tests.support.equivalence import CTranslate2Oracle, GreedyOracle
 
 ENGINES = {
-    "torch": {"ENGINE": "torch"},
+    "torch": {"ENGINE": "torch", "SCHEDULER": "continuous"},
+    "torch-request": {"ENGINE": "torch", "SCHEDULER": "request"},
     "ctranslate2-float32": {"ENGINE": "ctranslate2", "COMPUTE_TYPE": "float32"},
     "ctranslate2-int8": {"ENGINE": "ctranslate2", "COMPUTE_TYPE": "int8"},
 }
@@ -71,7 +73,7 @@ def client(base_url) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def oracle(target, tiny_adapter_dir, tmp_path_factory):
     """The greedy reference for the served model, or None for an external server."""
-    if target in ("torch", "ctranslate2-float32"):
+    if target in ("torch", "torch-request", "ctranslate2-float32"):
         return GreedyOracle(str(tiny_adapter_dir))
     if target == "ctranslate2-int8":
         from serving.engines import create_engine

@@ -173,7 +173,7 @@ def test_64_concurrent_clients_each_get_their_own_answer(client, base_url, oracl
     assert max(size for _, _, size in results) > 1
 
 
-def test_different_parameters_are_not_mixed(client, oracle):
+def test_rows_with_different_parameters_each_get_their_own_answer(client, oracle):
     text = dialogue(7)
     three = {"max_new_tokens": 3, "min_new_tokens": 3}
     short = summaries(invoke(client, {"inputs": text, "parameters": three}))[0]

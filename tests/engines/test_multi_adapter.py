@@ -44,10 +44,12 @@ def refs(adapter_set) -> References:
     return refs
 
 
-@pytest.fixture(scope="module")
-def multi(adapter_set):
+@pytest.fixture(scope="module", params=["continuous", "request"])
+def multi(adapter_set, request):
+    """The same server with each scheduler: rows in a running batch, or whole generate calls."""
     with app_client(model_dir=str(adapter_set.base), adapters_dir=str(adapter_set.adapters_dir),
-                    max_batch_delay_ms=300.0) as client:
+                    max_batch_delay_ms=300.0, scheduler=request.param) as client:
+        assert client.get("/info").json()["batching"]["scheduler"] == request.param
         yield client
 
 
@@ -69,13 +71,18 @@ def test_mixed_batch_matches_merged_single_adapter_servers(multi, refs):
     assert r.status_code == 200, r.text
     got = [json.loads(line)["summary"] for line in r.text.splitlines()]
     summarise(refs.check(got, expected))
-    # One generate held all 16 rows and all four adapters.
+    # All 16 rows and all four adapters ran together: at least one forward pass mixed all four.
     assert int(r.headers["X-Batch-Size"]) == len(rows)
     after = multi.get("/metrics").text
-    assert metric_value(after, "t5serving_mixed_adapter_batches_total") - \
-        metric_value(before, "t5serving_mixed_adapter_batches_total") == 1
-    adapters_sum = "t5serving_batch_adapters_sum"
-    assert metric_value(after, adapters_sum) - metric_value(before, adapters_sum) == 4
+
+    def delta(name: str, labels: dict | None = None) -> float:
+        return metric_value(after, name, labels) - metric_value(before, name, labels)
+
+    # One generate call, or several decode steps of the continuous scheduler.
+    steps = delta("t5serving_batch_adapters_count")
+    assert steps >= 1 and delta("t5serving_mixed_adapter_batches_total") >= 1
+    assert delta("t5serving_batch_adapters_bucket", {"le": "3.0"}) < steps, "no forward pass mixed all four"
+    assert delta("t5serving_batch_adapters_bucket", {"le": "4.0"}) == steps
 
 
 def test_concurrent_requests_for_different_adapters_share_batches(multi, refs):
@@ -145,19 +152,23 @@ def test_mixed_adapter_logits_match_merged_models_under_teacher_forcing(multi, r
 
 
 def test_a_misrouted_row_fails_the_comparison(multi, refs, monkeypatch):
-    """Sabotage: the engine runs every row with another adapter (a1 -> a2 -> a3 -> base -> a1). The
-    equivalence check must catch each row, or it could not catch a real routing bug either."""
+    """Sabotage: the engine runs every row with another adapter (a1 -> a2 -> a3 -> base -> a1), in
+    the running batch and in whole generate calls alike. The equivalence check must catch each
+    row, or it could not catch a real routing bug either."""
     import serving.engines.multi_adapter as engine_module
+    from serving.engines.multi_adapter_decoding import MultiAdapterDecoder
 
     engine = multi.app.state.runtime.engine
     cycle = [engine.registry.entries[name].internal for name in ("a1", "a2", "a3")] + [BASE]
     wrong = dict(zip(cycle, cycle[1:] + cycle[:1]))
     real_init = engine_module._AdapterRows.__init__
+    real_adapter_of = MultiAdapterDecoder.adapter_of
 
     def misrouted(self, peft_model, names):
         real_init(self, peft_model, [wrong[name] for name in names])
 
     monkeypatch.setattr(engine_module._AdapterRows, "__init__", misrouted)
+    monkeypatch.setattr(MultiAdapterDecoder, "adapter_of", lambda self, item: wrong[real_adapter_of(self, item)])
     rows = [("a1", 0), ("a2", 0), ("a3", 1), ("__base__", 1), ("a2", 2), ("a1", 3)]
     body = [{"inputs": TEXTS[i], "parameters": PARAMS, "adapter": name} for name, i in rows]
     r = multi.post("/invocations", content=_jsonlines(body), headers={"content-type": "application/jsonlines"})
@@ -268,7 +279,8 @@ def test_unload_waits_for_queued_requests(adapter_set, refs):
 def test_queued_item_never_runs_with_a_replacement_adapter(adapter_set, refs):
     """Unload a1 while an item for it is queued, load other weights under the same name: the
     item fails with adapter_unloaded instead of getting the new adapter's answer."""
-    from serving.engines.multi_adapter import AdapterUnloadedError, MultiAdapterEngine
+    from serving.engines.multi_adapter import MultiAdapterEngine
+    from serving.models.adapters import AdapterUnloadedError
     from serving.models.handlers import load_handlers
     from serving.settings import load_settings
 

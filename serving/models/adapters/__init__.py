@@ -7,7 +7,7 @@ MAX_ADAPTERS and ADAPTER_MEMORY_MB (``memory``, ``weights``) and reports it (``m
 (serving/engines/multi_adapter.py) owns the registry and does the loading.
 """
 
-from serving.models.adapters.errors import AdapterError
+from serving.models.adapters.errors import AdapterError, AdapterUnloadedError
 from serving.models.adapters.locate import adapter_dirs, locate_model_dir, read_json
 from serving.models.adapters.naming import (ADAPTER_HEADER, BASE, ROUTE_MODEL_HEADER, TARGET_MODEL_HEADER,
                                             validate_name)
@@ -16,5 +16,5 @@ from serving.models.adapters.registry import AdapterHost, AdapterRegistry
 from serving.models.adapters.resident import Resident
 
 __all__ = ["ADAPTER_HEADER", "BASE", "ROUTE_MODEL_HEADER", "TARGET_MODEL_HEADER", "AdapterError",
-           "AdapterHost", "AdapterRegistry", "Resident", "adapter_dirs", "locate_model_dir", "pin_request_adapters",
+           "AdapterHost", "AdapterUnloadedError", "AdapterRegistry", "Resident", "adapter_dirs", "locate_model_dir", "pin_request_adapters",
            "read_json", "validate_name"]

@@ -26,10 +26,12 @@ class AdapterMetrics:
         self.loads = Counter(f"{p}_adapter_loads", "Adapter load attempts by result.", ["result"], registry=registry)
         self.unloads = Counter(f"{p}_adapter_unloads", "Adapters unloaded, by reason.", ["reason"], registry=registry)
         self.batch_adapters = Histogram(f"{p}_batch_adapters",
-                                        "Distinct adapters (incl. __base__) in one generate on the shared base.",
+                                        "Distinct adapters (incl. __base__) in one forward pass over the shared base: "
+                                        "a generate call, or a decode step of the continuous scheduler.",
                                         buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=registry)
         self.mixed_batches = Counter(f"{p}_mixed_adapter_batches",
-                                     "Generate calls that mixed more than one adapter in one forward pass.",
+                                     "Forward passes over the shared base (generate calls, or decode steps of the "
+                                     "continuous scheduler) that mixed more than one adapter.",
                                      registry=registry)
         for result in ("ok", "invalid", "conflict", "no_memory", "error"):
             self.loads.labels(result)

@@ -1,0 +1,227 @@
+"""Iteration-level decoding for T5: rows join and leave one running batch between decode steps.
+
+A row joins with its encoder pass (together with the other rows joining at that moment), then
+advances one token per :meth:`T5Decoder.step` with everyone else, its first one included, and
+leaves the moment it is finished, taking its cache rows with it. The running batch keeps:
+
+- the encoder outputs and cross-attention keys/values, right-padded to the longest input among
+  the running rows (the attention mask hides the padding);
+- the decoder self-attention keys/values, left-padded to the longest decoded prefix: a row that
+  joined later has fewer past tokens, so its real tokens sit at the right end. T5's relative
+  position bias depends only on distances between positions, which left padding leaves intact,
+  and the mask hides the padding, so a row decodes as it would alone up to float rounding.
+
+Padding nobody needs any more (after the longest row leaves) is trimmed at once, so compute
+shrinks with the batch. Token choice per row lives in :mod:`serving.engines.row_choice`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
+
+from serving.engines.row_choice import GenerationParams, RowChooser
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]   # per decoder layer: keys, values [rows, heads, length, d_kv]
+
+
+@dataclass(eq=False)
+class DecodeRow:
+    """One item being decoded: its input, parameters, tokens so far and their margins."""
+
+    input_ids: list[int]
+    params: GenerationParams
+    chooser: RowChooser
+    adapter: str | None = None          # the multi-adapter engine's internal adapter id
+    generated: list[int] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+    finished: bool = False
+    error: BaseException | None = None  # set when the row cannot go on (its adapter was unloaded)
+
+
+@dataclass
+class RunningBatch:
+    rows: list[DecodeRow]
+    encoder_states: torch.Tensor    # [rows, source, d_model]
+    encoder_mask: torch.Tensor      # [rows, source], 1 = real token
+    decoder_mask: torch.Tensor      # [rows, target], left-padded
+    self_kv: KV
+    cross_kv: KV
+
+
+def _pad(tensor: torch.Tensor, dim: int, before: int = 0, after: int = 0) -> torch.Tensor:
+    if not before and not after:
+        return tensor
+    pieces = []
+    for size in (before, after):
+        shape = list(tensor.shape)
+        shape[dim] = size
+        pieces.append(tensor.new_zeros(shape))
+    return torch.cat([pieces[0], tensor, pieces[1]], dim=dim)
+
+
+def _cat(a: KV, b: KV) -> KV:
+    return [(torch.cat([k1, k2]), torch.cat([v1, v2])) for (k1, v1), (k2, v2) in zip(a, b, strict=True)]
+
+
+def _cache(self_kv: KV, cross_kv: KV) -> EncoderDecoderCache:
+    """A transformers cache over these tensors, without copying them (its own constructor
+    concatenates every layer onto an empty tensor: the whole cross-attention cache, every step)."""
+    caches = []
+    for kv in (self_kv, cross_kv):
+        layers: list[Any] = []
+        for keys, values in kv:
+            layer = DynamicLayer()
+            layer.device, layer.keys, layer.values, layer.is_initialized = keys.device, keys, values, True
+            layers.append(layer)
+        cache = DynamicCache.__new__(DynamicCache)
+        super(DynamicCache, cache).__init__(layers=layers)
+        caches.append(cache)
+    combined = EncoderDecoderCache(*caches)
+    combined.is_updated = dict.fromkeys(range(len(cross_kv)), True)   # cross keys/values are final
+    return combined
+
+
+def _layers(cache: Any) -> KV:
+    """The tensors of a transformers cache's layers (all DynamicLayers here)."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+class T5Decoder:
+    """The running batch of one T5-family model, and the three things done to it."""
+
+    def __init__(self, network: Any, pad_token_id: int) -> None:
+        self.network = network          # a transformers T5 model, or a peft model over one
+        model = network.get_base_model() if hasattr(network, "get_base_model") else network
+        self._encoder = model.get_encoder()
+        self._cross_attention = [block.layer[1].EncDecAttention for block in model.get_decoder().block]
+        self.start = model.config.decoder_start_token_id
+        self.d_kv = model.config.d_kv
+        self.pad = pad_token_id
+        self.batch: RunningBatch | None = None
+
+    @property
+    def rows(self) -> list[DecodeRow]:
+        return self.batch.rows if self.batch is not None else []
+
+    def _adapters(self, rows: Sequence[DecodeRow]) -> contextlib.AbstractContextManager[Any]:
+        """Context in which direct module calls apply each row's adapter (multi-adapter engine)."""
+        return contextlib.nullcontext()
+
+    def _forward_kwargs(self, rows: Sequence[DecodeRow]) -> dict[str, Any]:
+        return {}
+
+    # -- join --------------------------------------------------------------------------------
+    def join(self, rows: Sequence[DecodeRow]) -> None:
+        """Encode ``rows`` together and add them to the running batch.
+
+        Only the encoder and the cross-attention keys/values are computed here; the rows' first
+        token comes from the next :meth:`step`, shared with everyone else, so a join costs no
+        decoder pass of its own (on a CPU a decoder pass for one row costs nearly as much as for
+        sixteen: the weights are read either way)."""
+        source = max(len(r.input_ids) for r in rows)
+        ids = torch.full((len(rows), source), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), source), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row.input_ids)] = torch.tensor(row.input_ids, dtype=torch.long)
+            mask[i, :len(row.input_ids)] = 1
+        shape = (len(rows), source, -1, self.d_kv)
+        with torch.inference_mode(), self._adapters(rows):
+            states = self._encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            cross_kv = [(layer.k(states).view(shape).transpose(1, 2), layer.v(states).view(shape).transpose(1, 2))
+                        for layer in self._cross_attention]
+        empty = cross_kv[0][0][:, :, :0]
+        joined = RunningBatch(rows=list(rows), encoder_states=states, encoder_mask=mask,
+                              decoder_mask=torch.zeros((len(rows), 0), dtype=torch.long),
+                              self_kv=[(empty, empty) for _ in cross_kv], cross_kv=cross_kv)
+        self.batch = joined if self.batch is None else self._merge(self.batch, joined)
+
+    @staticmethod
+    def _merge(a: RunningBatch, b: RunningBatch) -> RunningBatch:
+        source = max(a.encoder_mask.shape[1], b.encoder_mask.shape[1])
+        target = max(a.decoder_mask.shape[1], b.decoder_mask.shape[1])
+
+        def padded(x: RunningBatch) -> RunningBatch:
+            s, t = source - x.encoder_mask.shape[1], target - x.decoder_mask.shape[1]
+            return RunningBatch(
+                rows=x.rows, encoder_states=_pad(x.encoder_states, 1, after=s),
+                encoder_mask=_pad(x.encoder_mask, 1, after=s), decoder_mask=_pad(x.decoder_mask, 1, before=t),
+                self_kv=[(_pad(k, 2, before=t), _pad(v, 2, before=t)) for k, v in x.self_kv],
+                cross_kv=[(_pad(k, 2, after=s), _pad(v, 2, after=s)) for k, v in x.cross_kv])
+
+        pa, pb = padded(a), padded(b)
+        return RunningBatch(rows=pa.rows + pb.rows, encoder_states=torch.cat([pa.encoder_states, pb.encoder_states]),
+                            encoder_mask=torch.cat([pa.encoder_mask, pb.encoder_mask]),
+                            decoder_mask=torch.cat([pa.decoder_mask, pb.decoder_mask]),
+                            self_kv=_cat(pa.self_kv, pb.self_kv), cross_kv=_cat(pa.cross_kv, pb.cross_kv))
+
+    # -- step --------------------------------------------------------------------------------
+    def step(self) -> None:
+        """One token for every running row."""
+        batch = self.batch
+        if batch is None:
+            raise RuntimeError("step() with no running rows")
+        # A row that has just joined starts from the decoder start token.
+        last = torch.tensor([row.generated[-1] if row.generated else self.start for row in batch.rows],
+                            dtype=torch.long)[:, None]
+        decoder_mask = torch.cat([batch.decoder_mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
+        with torch.inference_mode():
+            out = self.network(encoder_outputs=(batch.encoder_states,), attention_mask=batch.encoder_mask,
+                               decoder_input_ids=last, decoder_attention_mask=decoder_mask,
+                               cache=_cache(batch.self_kv, batch.cross_kv), use_cache=True,
+                               **self._forward_kwargs(batch.rows))
+        logits = out.logits[:, -1, :].float()
+        batch.decoder_mask = decoder_mask
+        batch.self_kv = _layers(out.cache.self_attention_cache)
+        for i, row in enumerate(batch.rows):
+            token, margin = row.chooser.choose(logits[i], row.generated)
+            row.generated.append(token)
+            row.margins.append(margin)
+            if token == row.chooser.eos or len(row.generated) >= row.params.max_new_tokens:
+                row.finished = True
+
+    # -- leave -------------------------------------------------------------------------------
+    def leave(self, rows: Sequence[DecodeRow]) -> None:
+        """Drop ``rows`` and the padding only they needed."""
+        batch = self.batch
+        if batch is None:
+            return
+        gone = {id(r) for r in rows}
+        keep = [i for i, row in enumerate(batch.rows) if id(row) not in gone]
+        if len(keep) == len(batch.rows):
+            return
+        if not keep:
+            self.batch = None
+            return
+        index = torch.tensor(keep, dtype=torch.long)
+        encoder_mask = batch.encoder_mask.index_select(0, index)
+        decoder_mask = batch.decoder_mask.index_select(0, index)
+        source = int(encoder_mask.any(0).nonzero().max()) + 1     # right padding, encoder side
+        used = decoder_mask.any(0).nonzero()
+        first = int(used.min()) if used.numel() else decoder_mask.shape[1]   # left padding, decoder side
+
+        def take(kv: KV, positions: slice) -> KV:
+            return [(k.index_select(0, index)[:, :, positions], v.index_select(0, index)[:, :, positions])
+                    for k, v in kv]
+
+        self.batch = RunningBatch(
+            rows=[batch.rows[i] for i in keep],
+            encoder_states=batch.encoder_states.index_select(0, index)[:, :source],
+            encoder_mask=encoder_mask[:, :source], decoder_mask=decoder_mask[:, first:],
+            self_kv=take(batch.self_kv, slice(first, None)), cross_kv=take(batch.cross_kv, slice(0, source)))
+
+    def reset(self) -> list[DecodeRow]:
+        """Forget the running batch (after a failure); return the rows it held."""
+        rows = self.rows
+        self.batch = None
+        return rows
+
+    def make_row(self, input_ids: list[int], params: GenerationParams, eos_token_id: int,
+                 adapter: str | None = None) -> DecodeRow:
+        return DecodeRow(input_ids=input_ids, params=params, adapter=adapter,
+                         chooser=RowChooser(params, eos_token_id, self.start))
