@@ -58,18 +58,24 @@ class RowChooser:
             self.generator = torch.Generator().manual_seed(seed)
 
     def choose(self, logits: torch.Tensor, generated: list[int]) -> tuple[int, float]:
-        """The next token after ``generated`` and its margin (how far the runner-up was)."""
+        """The next token after ``generated`` and its margin: how much the scores would have to
+        move for another token to be chosen (tests compare two computations by it)."""
         scores = self.process(logits, generated)
-        edges: set[int] = set()
-        if self.generator is not None:
-            scores, edges = self.warp(scores)
-            uniform = torch.rand(scores.shape, generator=self.generator).clamp_(min=1e-20)
-            scores = scores - torch.log(-torch.log(uniform))
-        top = torch.topk(scores, 2)
-        token = int(top.indices[0])
-        # A sampled winner at the edge of the top-k / top-p set was kept by a comparison that a
-        # rounding difference could flip: it has no margin to speak of.
-        margin = 0.0 if token in edges else float(top.values[0] - top.values[1])
+        if self.generator is None:
+            top = torch.topk(scores, 2)
+            return int(top.indices[0]), float(top.values[0] - top.values[1])
+        warped, edges = self.warp(scores)
+        gumbel = -torch.log(-torch.log(torch.rand(scores.shape, generator=self.generator).clamp_(min=1e-20)))
+        perturbed = warped + gumbel
+        top = torch.topk(perturbed, 2)
+        token, margin = int(top.indices[0]), float(top.values[0] - top.values[1])
+        unfiltered = scores / self.params.temperature + gumbel
+        for kept, dropped, gap in edges:
+            # A rounding difference may move a token across the top-k / top-p edge. That changes
+            # the choice only if the winner is the last token kept, or the first one dropped
+            # would win once kept; then the edge's own gap is the margin.
+            if token == kept or unfiltered[dropped] > top.values[0]:
+                margin = min(margin, gap)
         return token, margin
 
     def process(self, scores: torch.Tensor, generated: list[int]) -> torch.Tensor:
@@ -93,22 +99,29 @@ class RowChooser:
             scores = scores.index_fill(0, torch.tensor([self.eos]), _NEG_INF)
         return scores
 
-    def warp(self, scores: torch.Tensor) -> tuple[torch.Tensor, set[int]]:
-        """Temperature, top-k and top-p as transformers applies them, and the tokens at the edge of
-        the kept set (whose inclusion a rounding difference could change)."""
+    def warp(self, scores: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int, float]]]:
+        """Temperature, top-k and top-p as transformers applies them; and for each filter its edge:
+        the last token kept, the first dropped, and how far (in score units) rounding would have
+        to move them to swap."""
         p = self.params
         scores = scores / p.temperature
-        edges: set[int] = set()
+        edges: list[tuple[int, int, float]] = []
         if 0 < p.top_k < scores.shape[-1]:
-            top = torch.topk(scores, p.top_k)
-            scores = scores.masked_fill(scores < top.values[-1], _NEG_INF)
-            edges.add(int(top.indices[-1]))
+            top = torch.topk(scores, p.top_k + 1)
+            scores = scores.masked_fill(scores < top.values[-2], _NEG_INF)
+            edges.append((int(top.indices[-2]), int(top.indices[-1]), float(top.values[-2] - top.values[-1])))
         if p.top_p < 1.0:
             ordered, order = torch.sort(scores, descending=False)
-            remove = ordered.softmax(-1).cumsum(-1) <= (1 - p.top_p)
+            cumulative = ordered.softmax(-1).cumsum(-1)
+            remove = cumulative <= (1 - p.top_p)
             remove[-1] = False
             first_kept = int((~remove).nonzero()[0])
             if first_kept > 0:
-                edges.add(int(order[first_kept]))
+                # The edge moves when the cumulative probability crosses 1 - top_p; scores that
+                # move by d change it by about d times itself.
+                distance = min(float(cumulative[first_kept]) - (1 - p.top_p),
+                               (1 - p.top_p) - float(cumulative[first_kept - 1]))
+                edges.append((int(order[first_kept]), int(order[first_kept - 1]),
+                              distance / max(float(cumulative[first_kept]), 1e-12)))
             scores = scores.masked_fill(remove.scatter(0, order, remove), _NEG_INF)
         return scores, edges

@@ -222,6 +222,28 @@ def test_float32_matches_torch_for_parameters(f32, oracle, changes):
     assert all(p["output_tokens"] <= batch[0]["parameters"]["max_new_tokens"] for p in got)
 
 
+def test_greedy_rows_share_one_call_across_lengths(f32, oracle, monkeypatch):
+    """Rows that differ only in max_new_tokens share one translate_batch (decoded to the longest,
+    each cut at its own), as do rows asking for exact lengths; each still gets its own answer."""
+    free = [{"inputs": TEXTS[i], "parameters": params(max_new_tokens=n)} for i, n in enumerate((3, 10, 24))]
+    exact = [{"inputs": TEXTS[3 + i], "parameters": params(max_new_tokens=n, min_new_tokens=n)}
+             for i, n in enumerate((5, 17))]
+    batch = [free[0], exact[0], free[1], exact[1], free[2]]
+    assert len({f32.batch_key(item) for item in free}) == 1 and len({f32.batch_key(item) for item in exact}) == 1
+    assert f32.batch_key(free[0]) != f32.batch_key(exact[0])
+    sampled = {"inputs": TEXTS[0], "parameters": params(do_sample=True, max_new_tokens=3)}
+    assert f32.batch_key(sampled) != f32.batch_key({**sampled, "parameters": params(do_sample=True)})
+    calls = []
+    real = f32.translator.translate_batch
+    monkeypatch.setattr(f32, "translator", type("Spy", (), {
+        "translate_batch": staticmethod(lambda source, **o: calls.append(o) or real(source, **o))})())
+    got = f32.generate(batch)
+    assert sorted((c["max_decoding_length"], c["min_decoding_length"]) for c in calls) == [(17, 17), (24, 0)]
+    agreements = [oracle.check(p["summary"], item["inputs"], item["parameters"]) for p, item in zip(got, batch)]
+    summarise(agreements)
+    assert [p["output_tokens"] for p in got][1::2] == [5, 17]   # exact lengths, cut from 17
+
+
 @pytest.mark.parametrize("changes", [
     {"num_beams": 3, "no_repeat_ngram_size": 2},
     {"num_beams": 3, "min_new_tokens": 20},

@@ -77,6 +77,19 @@ def check(got: str, path: GreedyPath, tolerance: float = NEAR_TIE, where: str = 
     return Agreement(full=False, compared=step, steps=len(path.tokens))
 
 
+def check_tokens(got: Sequence[int], tokens: Sequence[int], margins: Sequence[float],
+                 tolerance: float = NEAR_TIE, where: str = "") -> Agreement:
+    """Token-level :func:`check`: ``got`` equals the reference ``tokens`` wherever every earlier
+    choice was decisive, and everywhere when all were."""
+    step = next((i for i, margin in enumerate(margins) if margin < tolerance), None)
+    if step is None:
+        assert list(got) == list(tokens), f"{where}: {list(got)} != reference {list(tokens)} (every step decisive)"
+        return Agreement(full=True, compared=len(tokens), steps=len(tokens))
+    assert list(got[:step]) == list(tokens[:step]), (
+        f"{where}: {list(got)} leaves the reference {list(tokens)} before its first near-tie (step {step})")
+    return Agreement(full=False, compared=step, steps=len(tokens))
+
+
 def summarise(agreements: Iterable[Agreement], min_coverage: float = 0.6) -> dict[str, float]:
     """Fail unless most reference steps were checked: otherwise the comparison proves too little."""
     rows = list(agreements)
