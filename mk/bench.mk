@@ -2,7 +2,7 @@
 BENCH_MODEL_DIR ?= models/flan-t5-base
 BENCH_ARGS ?=
 
-.PHONY: bench bench-model
+.PHONY: bench bench-model bench-realistic
 
 $(BENCH_MODEL_DIR)/config.json: | install
 	$(PY) -m tools.devmodel $(BENCH_MODEL_DIR) --shape flan-t5-base --adapter
@@ -11,3 +11,8 @@ bench-model: $(BENCH_MODEL_DIR)/config.json ## FLAN-T5-base-shaped random model 
 
 bench: bench-model ## Batching vs unbatched server vs in-process generate (minutes; results in benchmarks/results/)
 	$(PY) -m benchmarks.bench_batching --model-dir $(BENCH_MODEL_DIR) $(BENCH_ARGS)
+
+REALISTIC_ARGS ?=
+
+bench-realistic: bench-model ## Continuous vs request-level batching on realistic and uniform traffic, closed + open loop (~45 min)
+	PYTHONPATH=. flock /tmp/bench.lock $(PY) -m benchmarks.bench_realistic --model-dir $(BENCH_MODEL_DIR) $(REALISTIC_ARGS)
