@@ -99,7 +99,8 @@ class Settings:
         "MAX_BATCH_SIZE", 16,
         "Most items in one generate call. Larger batches raise throughput until the device "
         "saturates (about 16 on a 2-core CPU for FLAN-T5-base) but every item in a batch "
-        "waits for the slowest one. 1 disables batching.", minimum=1)
+        "waits for the slowest one. 1 disables batching (with SCHEDULER=auto it also selects the "
+        "request scheduler, one item per generate call).", minimum=1)
     max_batch_tokens: int = _knob(
         "MAX_BATCH_TOKENS", 8192,
         "Budget for one batch in PADDED input tokens (items x longest input). Bounds memory and "
@@ -124,7 +125,7 @@ class Settings:
         "request runs each batch as one generate call (items with identical parameters only, "
         "every row until the longest is done); it is what custom predict_fn scripts and the "
         "CTranslate2 engine get. auto is continuous where the engine can (the torch engines with "
-        "the image's own predict_fn and a T5-family model), else request.",
+        "the image's own predict_fn and a T5-family model, unless MAX_BATCH_SIZE=1), else request.",
         choices=("auto", "continuous", "request"))
     max_running_rows: int = _knob(
         "MAX_RUNNING_ROWS", 16,
@@ -202,8 +203,10 @@ class Settings:
     # --- lifecycle --------------------------------------------------------------------
     graceful_shutdown_s: float = _knob(
         "GRACEFUL_SHUTDOWN_S", 30.0,
-        "After SIGTERM: how long in-flight requests may take to finish before the server "
-        "exits anyway. Keep it below Kubernetes' terminationGracePeriodSeconds minus preStop.",
+        "One window from SIGTERM to exit: queued and running work may finish inside it; what "
+        "cannot is answered with a JSON 503 half a second before it closes, and the process exits "
+        "by its end (a batch still computing is abandoned). A SIGTERM during the model load exits "
+        "at once. Keep it below Kubernetes' terminationGracePeriodSeconds minus preStop.",
         minimum=0)
     liveness_stall_s: float = _knob(
         "LIVENESS_STALL_S", 300.0,
