@@ -22,7 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("serving.version", "serving.types", "serving.settings", "serving.errors", "serving.metrics")),
+    ("foundation", ("serving.version", "serving.types", "serving.settings", "serving.errors", "serving.metrics",
+                    "serving.threads")),
     ("models", ("serving.models",)),
     ("engines", ("serving.engines",)),
     ("scheduling", ("serving.scheduling",)),

@@ -155,6 +155,11 @@ async def invoke(runtime: Runtime, request: Request, request_id: str, arrived: f
     try:
         done, _ = await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()),
                                      return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # The handler itself is cancelled (the server's shutdown window closed): its items must
+        # not go on waiting for, or taking, compute that nobody will read.
+        batcher.cancel(work, DropReason.CLIENT_GONE)
+        raise
     finally:
         disconnect.cancel()
     if gathered not in done:

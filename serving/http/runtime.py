@@ -22,11 +22,14 @@ from serving.models.handlers import Handlers, load_handlers
 from serving.models.source import resolve_model_location
 from serving.scheduling import Batcher, ContinuousBatcher, Scheduler
 from serving.settings import Settings
+from serving.threads import in_daemon_thread
 from serving.types import ServerStatus
 from serving.version import __version__
 
 logger = logging.getLogger("t5serving.app")
 
+# The window's last half second is left for writing the 503s of work that could not finish.
+SHUTDOWN_MARGIN_S = 0.5
 WARMUP_BODY = b'{"inputs": "#Person1#: Hello. #Person2#: Hi, how are you?", "parameters": {"max_new_tokens": 4}}'
 
 
@@ -64,6 +67,9 @@ class Runtime:
         self.batcher: Scheduler | None = None
         self.decoder: IterativeDecoder | None = None
         self.inflight = 0
+        self.shutdown_deadline: float | None = None   # set by the first stop signal
+        self._drain_task: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.metrics.ready.set(0)
         self.metrics.queue_capacity.set(settings.max_queue_size)
 
@@ -73,9 +79,30 @@ class Runtime:
         return self.engine.registry if self.engine is not None else None
 
     def begin_drain(self) -> None:
+        """The first stop signal: readiness fails, new work is refused, and the one shutdown
+        window (GRACEFUL_SHUTDOWN_S, from now) starts, the scheduler's drain inside it."""
         if self.state.status is ServerStatus.READY:
             self.state.status = ServerStatus.DRAINING
         self.metrics.ready.set(0)
+        if self.shutdown_deadline is None:
+            self.shutdown_deadline = time.monotonic() + self.settings.graceful_shutdown_s
+            if self._loop is not None:  # from a signal handler: start the drain on the loop
+                self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        if self._drain_task is None:
+            self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        """Queued and running work may finish inside the window; what cannot is answered with a
+        JSON 503 just before it closes, while the responses can still be written."""
+        if self.batcher is None or self.shutdown_deadline is None:
+            return
+        remaining = self.shutdown_deadline - time.monotonic() - SHUTDOWN_MARGIN_S
+        if not await self.batcher.drain(max(0.0, remaining)):
+            logger.warning("GRACEFUL_SHUTDOWN_S=%g is over with work unfinished: answering it 503",
+                           self.settings.graceful_shutdown_s)
+            await self.batcher.stop()
 
     def _load_blocking(self) -> dict[str, Any]:
         location = resolve_model_location(self.settings.resolved_model_location(), self.settings.model_cache_dir)
@@ -100,6 +127,8 @@ class Runtime:
         assert self.engine is not None
         if self.settings.scheduler == "request":
             return None
+        if self.settings.scheduler == "auto" and self.settings.max_batch_size == 1:
+            return None  # MAX_BATCH_SIZE=1 promises no batching, under either scheduler
         decoder = self.engine.decoder()
         if decoder is None and self.settings.scheduler == "continuous":
             raise RuntimeError(f"SCHEDULER=continuous, but the {self.engine.name} engine cannot decode this model "
@@ -108,8 +137,10 @@ class Runtime:
 
     async def load(self) -> None:
         started = time.monotonic()
+        self._loop = asyncio.get_running_loop()
         try:
-            info = await asyncio.get_running_loop().run_in_executor(None, self._load_blocking)
+            # A daemon thread: a SIGTERM during a long load must not wait for it to finish.
+            info = await in_daemon_thread(self._load_blocking, "model-load")
         except Exception as exc:
             self.state.status, self.state.error = ServerStatus.FAILED, f"{exc.__class__.__name__}: {exc}"
             logger.error("model load failed: %s", self.state.error, exc_info=not hasattr(exc, "__notes__"))
@@ -141,7 +172,10 @@ class Runtime:
         logger.info("ready in %.2fs: %s", self.state.load_seconds, json.dumps(self.state.info, default=str))
 
     async def shutdown(self) -> None:
+        """The lifespan's end, once uvicorn stopped serving: finish the drain, stop the scheduler."""
         self.begin_drain()
+        self._start_drain()
+        assert self._drain_task is not None
+        await self._drain_task
         if self.batcher is not None:
-            await self.batcher.drain(self.settings.graceful_shutdown_s)
             await self.batcher.stop()

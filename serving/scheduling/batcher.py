@@ -25,13 +25,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from serving.engines.base import Engine
 from serving.metrics import Metrics
 from serving.scheduling.errors import ClientGoneError, DeadlineExceededError, DrainingError, QueueFullError
 from serving.scheduling.work import WorkItem
+from serving.threads import DaemonExecutor
 from serving.types import DropReason, Item
 
 logger = logging.getLogger("t5serving.batcher")
@@ -54,7 +54,8 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._executor = DaemonExecutor("engine")
+        self._running: list[WorkItem] = []   # the batch being computed
         self._accepting = True
         self.busy_since: float | None = None
         self._free_since = 0.0  # when the engine last finished a batch
@@ -115,7 +116,10 @@ class Batcher:
             return False
 
     async def stop(self) -> None:
+        """Stop at once: every item still waiting or computing fails with DrainingError (the
+        client gets a JSON 503); a batch still computing is abandoned to its daemon thread."""
         self._accepting = False
+        unfinished = [*self._pending, *self._running]  # before the loop's cancellation clears them
         if self._task is not None:
             self._task.cancel()
             try:
@@ -123,12 +127,12 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for w in self._pending:
+        for w in unfinished:
             if not w.future.done():
-                w.future.set_exception(DrainingError("the server shut down before this item ran"))
+                w.future.set_exception(DrainingError("the server shut down before this item finished"))
                 w.future.exception()
         self._pending.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=False)
 
     # -- batch formation -------------------------------------------------------------------
     def _padded(self, items: Sequence[WorkItem]) -> int:
@@ -226,10 +230,12 @@ class Batcher:
             w.batch_size = len(batch)
             self.metrics.queue_wait.observe(w.queue_wait)
         self.busy_since = start
+        self._running = batch
         try:
             results = await self._generate(loop, [w.item for w in batch])
         finally:
             self.busy_since = None
+            self._running = []
             self._free_since = time.monotonic()
         compute = time.monotonic() - start
         self.batches_run += 1

@@ -28,6 +28,7 @@ from serving.engines.base import Engine, IterativeDecoder
 from serving.metrics import Metrics
 from serving.scheduling.errors import ClientGoneError, DeadlineExceededError, DrainingError, QueueFullError
 from serving.scheduling.work import WorkItem
+from serving.threads import in_daemon_thread
 from serving.types import DropReason, Item
 
 logger = logging.getLogger("t5serving.continuous")
@@ -132,14 +133,17 @@ class ContinuousBatcher:
             return False
 
     async def stop(self) -> None:
-        """Stop the worker after its current step; fail whatever is still waiting or running."""
+        """Stop the worker after its current step; whatever is still waiting or running fails at
+        once with DrainingError (the client gets a JSON 503). A step or a generate call that is
+        still computing is abandoned to the daemon thread: shutdown does not wait for it."""
         self._accepting = False
         with self._lock:
             self._stopping = True
             self._lock.notify()
         if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 60)
-            self._thread = None
+            thread, self._thread = self._thread, None
+            # A decode step is short; wait for one, then leave the thread behind.
+            await in_daemon_thread(lambda: thread.join(1.0), "decode-join")
         with self._lock:
             leftover, self._pending = self._pending + self._running, []
             self._running = []

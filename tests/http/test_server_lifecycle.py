@@ -199,3 +199,36 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(scripted_model, tmp_pa
         assert time.monotonic() - started < 20
         with pytest.raises(httpx.ConnectError):
             httpx.get(server.url + "/ping", timeout=2)
+
+
+def test_sigterm_exits_within_its_window_answering_every_client_in_json(scripted_model, tmp_path):
+    """GRACEFUL_SHUTDOWN_S is one window from SIGTERM to exit, the server's own drain included:
+    a batch still computing at its end does not keep the process alive, and every client in
+    flight gets its answer or a JSON 503, never a plain-text 500."""
+    with running_server(scripted_model, tmp_path, env(TEST_PREDICT_DELAY_S=10, GRACEFUL_SHUTDOWN_S=3,
+                                                      MAX_BATCH_SIZE=1)) as server:
+        with ThreadPoolExecutor(3) as pool:
+            pending = [pool.submit(post, server.url, f"#Person1#: in flight {i}") for i in range(3)]
+            wait_in_flight(server.url, 3)
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            code = server.process.wait(30)
+            exited = time.monotonic() - started
+            results = [f.result() for f in pending]
+    assert code == 0, server.log()[-2000:]
+    assert exited < 3 + 2, f"exit took {exited:.1f}s with GRACEFUL_SHUTDOWN_S=3"
+    for r in results:
+        assert r.status_code in (200, 503), r.text
+        body = r.json()
+        assert "summaries" in body or body["error"] == "draining", body
+
+
+def test_sigterm_during_model_load_exits_at_once(scripted_model, tmp_path):
+    with running_server(scripted_model, tmp_path, env(TEST_LOAD_DELAY_S=60, GRACEFUL_SHUTDOWN_S=5),
+                        wait=False) as server:
+        wait_for_state(server.url, "loading", process=server.process)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(30)
+    assert code == 0, server.log()[-2000:]
+    assert time.monotonic() - started < 5 + 2
