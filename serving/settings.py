@@ -26,10 +26,16 @@ class SettingsError(ValueError):
 
 
 def _knob(env: str, default: Any, doc: str, *, choices: tuple[str, ...] | None = None,
-          minimum: float | None = None, maximum: float | None = None) -> Any:
+          minimum: float | None = None, maximum: float | None = None, secret: bool = False) -> Any:
     return field(default=default, metadata={
-        "env": env, "doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum,
+        "env": env, "doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum, "secret": secret,
     })
+
+
+# A credential shorter than this is refused at start: it could be guessed.
+ADMIN_TOKEN_MIN_LENGTH = 16
+# Where SageMaker puts a multi-model endpoint's models (the url of its LoadModel calls).
+SAGEMAKER_MODELS_DIR = "/opt/ml/models"
 
 
 @dataclass(frozen=True)
@@ -228,6 +234,35 @@ class Settings:
         "any still queued after it fail with 404 adapter_unloaded (never another adapter's "
         "answer). Longer is gentler to clients, shorter frees memory sooner.", minimum=0)
 
+    # --- the /models admin routes (docs/adapters.md#admin-routes) ----------------------
+    admin_token: str | None = _knob(
+        "ADMIN_TOKEN", None,
+        "Credential of the /models admin routes (load, list, get, unload) outside SageMaker: "
+        "clients send `Authorization: Bearer <token>`; none answers 401, a wrong one 403. Unset, "
+        "those routes are not mounted at all outside SageMaker (adapters from ADAPTERS_DIR still "
+        "serve, /models answers 404 admin_disabled), so they are never open. Under "
+        "SAGEMAKER_MULTI_MODEL=true SageMaker calls them without credentials and the token is "
+        "not checked. At least 16 characters; on Kubernetes keep it in a Secret.", secret=True)
+    adapter_url_allowlist: str | None = _knob(
+        "ADAPTER_URL_ALLOWLIST", None,
+        "Where POST /models may load from: comma-separated local directories and "
+        "s3://bucket/prefix entries; a url must lie inside one (symlinks and .. resolved, a "
+        "prefix ends at a '/', so s3://b/m/acme does not admit s3://b/m/acme-v2). Anything else "
+        "answers 403 before the server reads a file or calls S3. Unset: /opt/ml/models under "
+        "SAGEMAKER_MULTI_MODEL, else ADAPTERS_DIR when set, else nothing (every hot load is refused).")
+    adapter_download_max_mb: float = _knob(
+        "ADAPTER_DOWNLOAD_MAX_MB", 2048.0,
+        "Largest model one POST /models may bring into MODEL_CACHE_DIR: the total size of the S3 "
+        "objects it would download (checked from the listing, before any download) and the "
+        "unpacked size of a .tar.gz (checked from its headers, before extracting). Protects the "
+        "cache volume and bounds a load's time; adapters are MBs, a full FLAN-T5-base ~1 GB.",
+        minimum=1)
+    adapter_download_max_files: int = _knob(
+        "ADAPTER_DOWNLOAD_MAX_FILES", 1000,
+        "Most files one POST /models may download or unpack (checked before the first one). A "
+        "model is a handful of files; a prefix with thousands is a mistake or an attack on the "
+        "cache's inodes and the load's time.", minimum=1)
+
     # ----------------------------------------------------------------------------------
     @property
     def max_payload_bytes(self) -> int:
@@ -244,6 +279,25 @@ class Settings:
     @property
     def multi_adapter_enabled(self) -> bool:
         return bool(self.multi_adapter or self.sagemaker_multi_model or self.adapters_dir)
+
+    @property
+    def adapter_url_roots(self) -> tuple[str, ...]:
+        """Where POST /models may load from: ADAPTER_URL_ALLOWLIST, else its default."""
+        if self.adapter_url_allowlist is not None:
+            return tuple(p.strip() for p in self.adapter_url_allowlist.split(",") if p.strip())
+        if self.sagemaker_multi_model:
+            return (SAGEMAKER_MODELS_DIR,)
+        return (self.adapters_dir,) if self.adapters_dir else ()
+
+    @property
+    def adapter_download_max_bytes(self) -> int:
+        return int(self.adapter_download_max_mb * 1024 * 1024)
+
+    def __post_init__(self) -> None:
+        token = self.admin_token
+        if token is not None and (len(token) < ADMIN_TOKEN_MIN_LENGTH or token != token.strip()):
+            raise SettingsError(f"ADMIN_TOKEN is not valid: it must be at least {ADMIN_TOKEN_MIN_LENGTH} "
+                                "characters without surrounding spaces (e.g. `openssl rand -hex 32`)")
 
     def as_environment(self) -> dict[str, str]:
         """Every set knob as its environment variable. The model script reads some of them
@@ -372,8 +426,11 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
 
 def describe(settings: Settings, sources: Mapping[str, str]) -> str:
     """The effective configuration, one line per knob: variable, value, source."""
-    rows = [(f.metadata["env"], repr(getattr(settings, f.name)), sources.get(f.name, "default"))
-            for f in dataclasses.fields(Settings)]
+    def shown(f: dataclasses.Field) -> str:
+        value = getattr(settings, f.name)
+        return "'***'" if f.metadata["secret"] and value is not None else repr(value)
+
+    rows = [(f.metadata["env"], shown(f), sources.get(f.name, "default")) for f in dataclasses.fields(Settings)]
     width = [max(len(r[i]) for r in rows) for i in range(2)]
     return "\n".join(f"{env:<{width[0]}}  {value:<{width[1]}}  ({source})" for env, value, source in rows)
 

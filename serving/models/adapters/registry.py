@@ -11,7 +11,12 @@ One registry per multi-adapter server (the multi-adapter engine owns it). It
   ADAPTER_MEMORY_MB: over a limit it evicts the least recently used idle adapter (lru) or
   answers 507 (refuse; SageMaker multi-model endpoints unload one and retry);
 - counts the items queued or running per adapter, so an unload waits for them
-  (ADAPTER_UNLOAD_TIMEOUT_S) and items still queued afterwards fail with a clear 404.
+  (ADAPTER_UNLOAD_TIMEOUT_S) and items still queued afterwards fail with a clear 404;
+- guards hot loads (POST /models): the url must lie inside ADAPTER_URL_ALLOWLIST, what it
+  downloads or unpacks is capped (ADAPTER_DOWNLOAD_MAX_MB / _FILES), loads run one at a time
+  (two model loads at once corrupt transformers' global init state, and each load's room check
+  must see the one before it), the cache entries a load made are deleted when it fails or is
+  unloaded, and a client reads what to fix, never a path inside the server (details: the log).
 
 Registry state lives on the event loop; file reading, validation and weight injection run in
 threads (injection under the engine's lock, between two batches).
@@ -22,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -32,13 +39,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from serving.models.adapters.errors import AdapterError
-from serving.models.adapters.locate import locate_model_dir
+from serving.models.adapters.locate import cache_entry, locate_model_dir, url_allowed
 from serving.models.adapters.memory import MEMORY_HEADROOM_BYTES, available_memory_bytes
 from serving.models.adapters.metrics import AdapterMetrics
 from serving.models.adapters.naming import (ADAPTER_HEADER, BASE, ROUTE_MODEL_HEADER, TARGET_MODEL_HEADER,
                                             adapter_not_found, validate_name)
 from serving.models.adapters.resident import Resident
 from serving.models.adapters.weights import weight_file_bytes, weights_sha256
+from serving.models.source import NO_LIMIT, SizeLimit
 from serving.types import Item, ResidentKind, ResidentState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger("t5serving.adapters")
 
-LIST_PAGE_SIZE = 100
+LIST_PAGE_SIZE = 100  # GET /models' default and largest page (MMS's ListModels: limit <= 100)
 
 
 class AdapterHost(Protocol):
@@ -88,6 +96,9 @@ class AdapterRegistry:
         self.evict_lru = mode == "lru" or (mode == "auto" and not self.sagemaker)
         self.memory_budget = int(settings.adapter_memory_mb * 1024 * 1024)
         self.evictions = 0
+        self.hot_load_limit = SizeLimit(settings.adapter_download_max_bytes, settings.adapter_download_max_files)
+        # One hot load at a time, and cache deletion never during one (see the module docstring).
+        self._load_lock = asyncio.Lock()
 
     # -- lookups -----------------------------------------------------------------------------
     @property
@@ -193,8 +204,9 @@ class AdapterRegistry:
         return entry
 
     def _room_needed(self, size: int, exclude: Resident) -> list[Resident]:
-        """Entries to evict so that one more of ``size`` bytes fits; raises 507 if it cannot."""
-        others = [e for e in self.entries.values() if e is not exclude]
+        """Entries to evict so that one more of ``size`` bytes fits; raises 507 if it cannot.
+        Loads waiting for their turn hold nothing yet and do not count."""
+        others = [e for e in self.entries.values() if e is not exclude and e.state is not ResidentState.LOADING]
         count_over = len(others) + 1 - self.settings.max_adapters
         bytes_over = self.used_bytes - exclude.bytes + size - self.memory_budget
         if size > self.memory_budget:
@@ -227,10 +239,51 @@ class AdapterRegistry:
                                f"{available / 2**20:.0f} MiB of memory is available")
         return victims
 
-    def _locate_blocking(self, entry: Resident) -> tuple[Path, ResidentKind, int]:
-        path = locate_model_dir(entry.url, self.settings.model_cache_dir)
+    def _locate_blocking(self, entry: Resident, limit: SizeLimit = NO_LIMIT) -> tuple[Path, ResidentKind, int]:
+        path = locate_model_dir(entry.url, self.settings.model_cache_dir, limit, made=entry.cache_entries)
         kind = ResidentKind.ADAPTER if (path / "adapter_config.json").is_file() else ResidentKind.MODEL
         return path, kind, weight_file_bytes(path)
+
+    def _cache_in_use(self, entry: Resident) -> set[Path]:
+        return {p for other in self.entries.values() if other is not entry for p in other.cache_entries}
+
+    def _delete_cache_blocking(self, entry: Resident, in_use: set[Path]) -> None:
+        """Delete the MODEL_CACHE_DIR entries this load made, except those in ``in_use`` (another
+        resident's); never anything that is not a direct child of the cache."""
+        cache = Path(self.settings.model_cache_dir)
+        for path in list(entry.cache_entries):
+            if path not in in_use and cache_entry(path, cache) == Path(os.path.realpath(path)):
+                shutil.rmtree(path, ignore_errors=True)
+                logger.info("deleted cache entry %s of %r", path, entry.name)
+        entry.cache_entries.clear()
+
+    async def _delete_cache(self, entry: Resident) -> None:
+        """As _delete_cache_blocking, off the event loop; the caller holds the load lock."""
+        if entry.cache_entries:
+            in_use = self._cache_in_use(entry)
+            await asyncio.get_running_loop().run_in_executor(None, self._delete_cache_blocking, entry, in_use)
+
+    def _public_error(self, entry: Resident, exc: Exception) -> AdapterError:
+        """What the client of a failed hot load reads: the status and what to fix, with the
+        server's own paths replaced by the url it sent (or MODEL_CACHE_DIR); anything unexpected
+        is a 500 whose details are only in the log."""
+        status = getattr(exc, "status_code", None)
+        if not isinstance(exc, AdapterError) and not (isinstance(status, int) and 400 <= status < 500):
+            logger.error("loading %r from %s failed", entry.name, entry.url, exc_info=exc)
+            return AdapterError(500, "model_load_failed",
+                                f"loading {entry.name!r} failed inside the server; its log has the details")
+        original = str(getattr(exc, "detail", None) or exc)
+        cache = self.settings.model_cache_dir
+        replacements = {entry.path: entry.url, os.path.realpath(entry.path) if entry.path else "": entry.url,
+                        os.path.realpath(cache): "MODEL_CACHE_DIR", cache: "MODEL_CACHE_DIR"}
+        detail = original
+        for private in sorted(replacements, key=len, reverse=True):
+            if private and private not in ("/", ".") and private != entry.url:
+                detail = detail.replace(private, replacements[private])
+        logger.info("loading %r from %s failed: %s", entry.name, entry.url, original)
+        headers = getattr(exc, "headers", None)
+        return AdapterError(int(status) if isinstance(status, int) else 400, str(getattr(exc, "error", "invalid_model")),
+                            detail, headers=headers if isinstance(headers, dict) else None)
 
     def _prepare_blocking(self, kind: ResidentKind, path: Path) -> tuple[dict[str, Any], int, Any]:
         details, size, payload = self.engine.prepare(kind, path)
@@ -278,38 +331,58 @@ class AdapterRegistry:
             entry.handle = self.engine.install(entry.internal, kind, payload)
         except BaseException as exc:
             self._fail(entry, exc)
+            self._delete_cache_blocking(entry, self._cache_in_use(entry))
             raise
         self._finish(entry, details, size, started)
         return entry
 
+    def check_url(self, url: str) -> None:
+        """403 unless the url lies inside ADAPTER_URL_ALLOWLIST; decided before any file or S3
+        object is touched, with one answer whether or not something exists there."""
+        roots = self.settings.adapter_url_roots
+        if not url_allowed(url, roots):
+            logger.warning("refused a load from %s: outside ADAPTER_URL_ALLOWLIST %s", url, list(roots) or "(empty)")
+            raise AdapterError(403, "url_not_allowed",
+                               f"{url} is outside the locations this server loads models from "
+                               "(ADAPTER_URL_ALLOWLIST); use an allowed directory or s3:// prefix")
+
     async def load(self, name: str, url: str) -> Resident:
-        """POST /models: validate, make room (or 507), inject; the name answers 503 meanwhile."""
+        """POST /models: check the url, then, one load at a time: locate, validate, make room
+        (or 507), inject. The name answers 409 to another load and 503 to requests meanwhile."""
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
+        validate_name(name)
+        self.check_url(url)
         entry = self._reserve(name, url)
         try:
-            path, kind, estimate = await loop.run_in_executor(None, self._locate_blocking, entry)
-            self._set_kind(entry, kind, path)
-            if kind is ResidentKind.MODEL:  # check before reading a whole model into memory
-                self._room_needed(estimate, entry)
-            details, size, payload = await loop.run_in_executor(None, self._prepare_blocking, kind, path)
-            victims = self._room_needed(size, entry)
-            for victim in victims:  # mark all first: none may admit new requests meanwhile
-                victim.state = ResidentState.UNLOADING
-            for victim in victims:
-                await self._drain_and_remove(victim, reason="evicted")
-            entry.handle = await loop.run_in_executor(None, self.engine.install, entry.internal, kind, payload)
-        except BaseException as exc:
-            self._fail(entry, exc)
-            if isinstance(exc, (AdapterError, asyncio.CancelledError)):
-                raise
-            status = getattr(exc, "status_code", None)
-            if isinstance(status, int) and 400 <= status < 600:
-                raise AdapterError(status, str(getattr(exc, "error", "invalid_model")), str(exc)) from None
-            logger.exception("loading %r from %s failed", name, url)
-            raise AdapterError(500, "model_load_failed",
-                               f"loading {name!r} failed: {exc.__class__.__name__}: {exc}") from None
-        self._finish(entry, details, size, started)
+            async with self._load_lock:
+                started = time.monotonic()
+                try:
+                    path, kind, estimate = await loop.run_in_executor(
+                        None, self._locate_blocking, entry, self.hot_load_limit)
+                    self._set_kind(entry, kind, path)
+                    if kind is ResidentKind.MODEL:  # check before reading a whole model into memory
+                        self._room_needed(estimate, entry)
+                    details, size, payload = await loop.run_in_executor(None, self._prepare_blocking, kind, path)
+                    victims = self._room_needed(size, entry)
+                    for victim in victims:  # mark all first: none may admit new requests meanwhile
+                        victim.state = ResidentState.UNLOADING
+                    for victim in victims:
+                        await self._drain_and_remove(victim, reason="evicted")
+                        await self._delete_cache(victim)
+                    entry.handle = await loop.run_in_executor(None, self.engine.install, entry.internal, kind,
+                                                              payload)
+                except BaseException as exc:
+                    self._fail(entry, exc)
+                    await self._delete_cache(entry)
+                    raise
+                # Accounted before the next load's room check runs.
+                self._finish(entry, details, size, started)
+        except asyncio.CancelledError:
+            if self.entries.get(name) is entry:  # cancelled while waiting for its turn
+                del self.entries[name]
+            raise
+        except Exception as exc:
+            raise self._public_error(entry, exc) from None
         return entry
 
     # -- unload ------------------------------------------------------------------------------
@@ -322,6 +395,8 @@ class AdapterRegistry:
             raise AdapterError(409, "model_loading", f"model {name!r} is still loading; unload it after the load returns")
         entry.state = ResidentState.UNLOADING
         await self._drain_and_remove(entry, reason)
+        async with self._load_lock:  # a load in progress may be reading the same cache entry
+            await self._delete_cache(entry)
         return entry
 
     async def _drain_and_remove(self, entry: Resident, reason: str) -> None:
@@ -362,18 +437,32 @@ class AdapterRegistry:
             self.metrics.resident.set(len(self.entries))
             self.metrics.memory_total.set(self.used_bytes)
 
-    def list_page(self, token: str | None) -> dict[str, Any]:
-        """GET /models in SageMaker's shape, paginated with nextPageToken as an offset."""
+    def list_page(self, token: str | None, limit: str | None = None) -> dict[str, Any]:
+        """GET /models in SageMaker's (MMS's) shape: sorted by name, ``limit`` per page (default
+        and at most LIST_PAGE_SIZE; larger asks get that many, as MMS answers), ``nextPageToken``
+        (an offset) while more remain."""
         try:
             start = int(token) if token else 0
+            if start < 0:
+                raise ValueError
         except ValueError:
-            raise AdapterError(400, "invalid_page_token", f"next_page_token {token!r} is not one this server issued") from None
+            raise AdapterError(400, "invalid_page_token",
+                               f"next_page_token {token!r} is not one this server issued; omit it for the "
+                               "first page") from None
+        try:
+            size = min(int(limit), LIST_PAGE_SIZE) if limit else LIST_PAGE_SIZE
+            if size < 1:
+                raise ValueError
+        except ValueError:
+            raise AdapterError(400, "invalid_limit",
+                               f"limit {limit!r} is not valid: a whole number of models per page, 1 to "
+                               f"{LIST_PAGE_SIZE}") from None
         ready = [e for e in self.entries.values() if e.state is ResidentState.READY]
         ready.sort(key=lambda e: e.name)
-        page = ready[start:start + LIST_PAGE_SIZE]
+        page = ready[start:start + size]
         body: dict[str, Any] = {"models": [{"modelName": e.name, "modelUrl": e.url} for e in page]}
-        if start + LIST_PAGE_SIZE < len(ready):
-            body["nextPageToken"] = str(start + LIST_PAGE_SIZE)
+        if start + size < len(ready):
+            body["nextPageToken"] = str(start + size)
         return body
 
     def info(self) -> dict[str, Any]:
