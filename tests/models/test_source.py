@@ -166,3 +166,16 @@ def test_a_link_out_of_an_allowed_root_is_not_allowed(tmp_path):
     (tmp_path / "root" / "link").symlink_to(tmp_path / "outside")
     assert not url_allowed(str(tmp_path / "root" / "link"), [str(tmp_path / "root")])
     assert url_allowed(str(tmp_path / "root" / "link"), [str(tmp_path / "outside")])
+
+
+def test_under_sagemaker_links_in_its_own_layout_are_followed_lexically(tmp_path):
+    # SageMaker lays out /opt/ml/models itself; a link there may point elsewhere and is its own.
+    from serving.models.adapters.locate import url_allowed
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "models" / "m1").symlink_to(tmp_path / "store")
+    url, roots = str(tmp_path / "models" / "m1"), [str(tmp_path / "models")]
+    assert url_allowed(url, roots, resolve_links=False)
+    assert not url_allowed(str(tmp_path / "models" / ".." / "store"), roots, resolve_links=False)
+    assert not url_allowed(url, roots)

@@ -161,10 +161,11 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def url_allowed(url: str, roots: Sequence[str]) -> bool:
+def url_allowed(url: str, roots: Sequence[str], resolve_links: bool = True) -> bool:
     """Whether a load url lies inside one of ``roots`` (ADAPTER_URL_ALLOWLIST): local paths with
-    symlinks and .. resolved, S3 prefixes ending at a '/'. Decided from the text and the path's
-    resolution alone, so the answer says nothing about what exists outside the roots."""
+    .. and (``resolve_links``) symlinks resolved, S3 prefixes ending at a '/'. Decided from the
+    text and the path's resolution alone, so the answer says nothing about what exists outside
+    the roots."""
     if is_s3(url):
         try:
             bucket, key = split_s3(url)
@@ -182,5 +183,6 @@ def url_allowed(url: str, roots: Sequence[str]) -> bool:
         return False
     if not os.path.isabs(url) or "\0" in url:
         return False
-    real = Path(os.path.realpath(url))
-    return any(real.is_relative_to(os.path.realpath(root)) for root in roots if root and not is_s3(root))
+    resolve = os.path.realpath if resolve_links else os.path.normpath
+    real = Path(resolve(url))
+    return any(real.is_relative_to(resolve(root)) for root in roots if root and not is_s3(root))

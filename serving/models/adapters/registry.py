@@ -340,7 +340,9 @@ class AdapterRegistry:
         """403 unless the url lies inside ADAPTER_URL_ALLOWLIST; decided before any file or S3
         object is touched, with one answer whether or not something exists there."""
         roots = self.settings.adapter_url_roots
-        if not url_allowed(url, roots):
+        # SageMaker lays out /opt/ml/models itself (and is the only caller there): its links are its
+        # own. Elsewhere a link inside an allowed root must not lead out of it.
+        if not url_allowed(url, roots, resolve_links=not self.sagemaker):
             logger.warning("refused a load from %s: outside ADAPTER_URL_ALLOWLIST %s", url, list(roots) or "(empty)")
             raise AdapterError(403, "url_not_allowed",
                                f"{url} is outside the locations this server loads models from "
