@@ -2,7 +2,7 @@
 BENCH_MODEL_DIR ?= models/flan-t5-base
 BENCH_ARGS ?=
 
-.PHONY: bench bench-model
+.PHONY: bench bench-model soak
 
 $(BENCH_MODEL_DIR)/config.json: | install
 	$(PY) -m tools.devmodel $(BENCH_MODEL_DIR) --shape flan-t5-base --adapter
@@ -11,3 +11,10 @@ bench-model: $(BENCH_MODEL_DIR)/config.json ## FLAN-T5-base-shaped random model 
 
 bench: bench-model ## Batching vs unbatched server vs in-process generate (minutes; results in benchmarks/results/)
 	$(PY) -m benchmarks.bench_batching --model-dir $(BENCH_MODEL_DIR) $(BENCH_ARGS)
+
+# The soak test: not part of CI (10 minutes of CPU). Results in benchmarks/results/soak-<time>.{json,md}.
+SOAK_S ?= 600
+SOAK_ARGS ?=
+
+soak: $(if $(wildcard $(PY)),,install) ## 10 min of mixed good/bad traffic: RSS growth, errors, /health/live latency -> benchmarks/results/
+	PYTHONPATH=. $(PY) -m benchmarks.soak --duration $(SOAK_S) $(SOAK_ARGS)
