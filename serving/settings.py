@@ -32,10 +32,7 @@ def _knob(env: str, default: Any, doc: str, *, choices: tuple[str, ...] | None =
     })
 
 
-# A credential shorter than this is refused at start: it could be guessed.
-ADMIN_TOKEN_MIN_LENGTH = 16
-# Where SageMaker puts a multi-model endpoint's models (the url of its LoadModel calls).
-SAGEMAKER_MODELS_DIR = "/opt/ml/models"
+ADMIN_TOKEN_MIN_LENGTH = 16  # a shorter credential is refused at start: it could be guessed
 
 
 @dataclass(frozen=True)
@@ -252,16 +249,13 @@ class Settings:
         "SAGEMAKER_MULTI_MODEL, else ADAPTERS_DIR when set, else nothing (every hot load is refused).")
     adapter_download_max_mb: float = _knob(
         "ADAPTER_DOWNLOAD_MAX_MB", 2048.0,
-        "Largest model one POST /models may bring into MODEL_CACHE_DIR: the total size of the S3 "
-        "objects it would download (checked from the listing, before any download) and the "
-        "unpacked size of a .tar.gz (checked from its headers, before extracting). Protects the "
-        "cache volume and bounds a load's time; adapters are MBs, a full FLAN-T5-base ~1 GB.",
-        minimum=1)
+        "Largest model one POST /models may bring into MODEL_CACHE_DIR: S3 objects summed from the "
+        "listing before any download, a .tar.gz's unpacked size from its headers before extracting. "
+        "Protects the cache volume and a load's time; adapters are MBs, FLAN-T5-base ~1 GB.", minimum=1)
     adapter_download_max_files: int = _knob(
         "ADAPTER_DOWNLOAD_MAX_FILES", 1000,
-        "Most files one POST /models may download or unpack (checked before the first one). A "
-        "model is a handful of files; a prefix with thousands is a mistake or an attack on the "
-        "cache's inodes and the load's time.", minimum=1)
+        "Most files one POST /models may download or unpack (checked before the first one): a model "
+        "is a handful of files; thousands are a mistake or an attack on the cache.", minimum=1)
 
     # ----------------------------------------------------------------------------------
     @property
@@ -280,18 +274,6 @@ class Settings:
     def multi_adapter_enabled(self) -> bool:
         return bool(self.multi_adapter or self.sagemaker_multi_model or self.adapters_dir)
 
-    @property
-    def adapter_url_roots(self) -> tuple[str, ...]:
-        """Where POST /models may load from: ADAPTER_URL_ALLOWLIST, else its default."""
-        if self.adapter_url_allowlist is not None:
-            return tuple(p.strip() for p in self.adapter_url_allowlist.split(",") if p.strip())
-        if self.sagemaker_multi_model:
-            return (SAGEMAKER_MODELS_DIR,)
-        return (self.adapters_dir,) if self.adapters_dir else ()
-
-    @property
-    def adapter_download_max_bytes(self) -> int:
-        return int(self.adapter_download_max_mb * 1024 * 1024)
 
     def __post_init__(self) -> None:
         token = self.admin_token

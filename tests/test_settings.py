@@ -113,9 +113,11 @@ def test_admin_token_is_refused_when_guessable_and_never_printed(tmp_path):
 
 
 def test_hot_load_allowlist_defaults():
-    assert load_settings({}).adapter_url_roots == ()
-    assert load_settings({"SAGEMAKER_MULTI_MODEL": "true"}).adapter_url_roots == ("/opt/ml/models",)
-    assert load_settings({"ADAPTERS_DIR": "s3://b/adapters/"}).adapter_url_roots == ("s3://b/adapters/",)
-    assert load_settings({"ADAPTER_URL_ALLOWLIST": " /srv/a, s3://b/x ,", "ADAPTERS_DIR": "/other"}
-                         ).adapter_url_roots == ("/srv/a", "s3://b/x")
-    assert load_settings({"ADAPTER_URL_ALLOWLIST": ""}).adapter_url_roots == ()
+    from serving.models.adapters.guards import allowed_roots
+
+    assert allowed_roots(load_settings({})) == ()
+    assert allowed_roots(load_settings({"SAGEMAKER_MULTI_MODEL": "true"})) == ("/opt/ml/models",)
+    assert allowed_roots(load_settings({"ADAPTERS_DIR": "s3://b/adapters/"})) == ("s3://b/adapters/",)
+    assert allowed_roots(load_settings({"ADAPTER_URL_ALLOWLIST": " /srv/a, s3://b/x ,", "ADAPTERS_DIR": "/other"})
+                         ) == ("/srv/a", "s3://b/x")
+    assert allowed_roots(load_settings({"ADAPTER_URL_ALLOWLIST": ""})) == ()

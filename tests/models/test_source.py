@@ -152,14 +152,14 @@ def test_a_packed_model_over_the_cap_is_not_unpacked(moto, tmp_path):
     ("", False),
 ])
 def test_url_allowlist(url, allowed):
-    from serving.models.adapters.locate import url_allowed
+    from serving.models.adapters.guards import url_allowed
 
     assert url_allowed(url, ["/srv/adapters", "s3://models/adapters/acme"]) is allowed
     assert url_allowed(url, []) is False
 
 
 def test_a_link_out_of_an_allowed_root_is_not_allowed(tmp_path):
-    from serving.models.adapters.locate import url_allowed
+    from serving.models.adapters.guards import url_allowed
 
     (tmp_path / "root").mkdir()
     (tmp_path / "outside").mkdir()
@@ -170,7 +170,7 @@ def test_a_link_out_of_an_allowed_root_is_not_allowed(tmp_path):
 
 def test_under_sagemaker_links_in_its_own_layout_are_followed_lexically(tmp_path):
     # SageMaker lays out /opt/ml/models itself; a link there may point elsewhere and is its own.
-    from serving.models.adapters.locate import url_allowed
+    from serving.models.adapters.guards import url_allowed
 
     (tmp_path / "models").mkdir()
     (tmp_path / "store").mkdir()

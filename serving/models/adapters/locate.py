@@ -17,13 +17,12 @@ import logging
 import os
 import shutil
 import tarfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from serving.models.adapters.errors import AdapterError
 from serving.models.source import (NO_LIMIT, ModelNotFoundError, ModelSourceError, ModelTooLargeError, SizeLimit,
-                                   download_s3, is_s3, safe_extract, split_s3)
+                                   download_s3, is_s3, safe_extract)
 
 logger = logging.getLogger("t5serving.adapters")
 
@@ -159,30 +158,3 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise AdapterError(400, "invalid_adapter", f"{path} must hold a JSON object")
     return data
-
-
-def url_allowed(url: str, roots: Sequence[str], resolve_links: bool = True) -> bool:
-    """Whether a load url lies inside one of ``roots`` (ADAPTER_URL_ALLOWLIST): local paths with
-    .. and (``resolve_links``) symlinks resolved, S3 prefixes ending at a '/'. Decided from the
-    text and the path's resolution alone, so the answer says nothing about what exists outside
-    the roots."""
-    if is_s3(url):
-        try:
-            bucket, key = split_s3(url)
-        except ModelSourceError:
-            return False
-        if any(part in (".", "..") for part in key.split("/")):
-            return False
-        for root in roots:
-            if not is_s3(root):
-                continue
-            root_bucket, root_key = split_s3(root)
-            root_key = root_key.strip("/")
-            if root_bucket == bucket and (not root_key or key == root_key or key.startswith(root_key + "/")):
-                return True
-        return False
-    if not os.path.isabs(url) or "\0" in url:
-        return False
-    resolve = os.path.realpath if resolve_links else os.path.normpath
-    real = Path(resolve(url))
-    return any(real.is_relative_to(resolve(root)) for root in roots if root and not is_s3(root))

@@ -12,11 +12,8 @@ One registry per multi-adapter server (the multi-adapter engine owns it). It
   answers 507 (refuse; SageMaker multi-model endpoints unload one and retry);
 - counts the items queued or running per adapter, so an unload waits for them
   (ADAPTER_UNLOAD_TIMEOUT_S) and items still queued afterwards fail with a clear 404;
-- guards hot loads (POST /models): the url must lie inside ADAPTER_URL_ALLOWLIST, what it
-  downloads or unpacks is capped (ADAPTER_DOWNLOAD_MAX_MB / _FILES), loads run one at a time
-  (two model loads at once corrupt transformers' global init state, and each load's room check
-  must see the one before it), the cache entries a load made are deleted when it fails or is
-  unloaded, and a client reads what to fix, never a path inside the server (details: the log).
+- runs hot loads (POST /models) one at a time (concurrent model loads corrupt transformers' global
+  state, and a room check must see the load before it), capped and guarded (``guards``).
 
 Registry state lives on the event loop; file reading, validation and weight injection run in
 threads (injection under the engine's lock, between two batches).
@@ -27,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
-import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -39,7 +34,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from serving.models.adapters.errors import AdapterError
-from serving.models.adapters.locate import cache_entry, locate_model_dir, url_allowed
+from serving.models.adapters.guards import cache_in_use, check_url, delete_cache_entries, public_error
+from serving.models.adapters.listing import list_page
+from serving.models.adapters.locate import locate_model_dir
 from serving.models.adapters.memory import MEMORY_HEADROOM_BYTES, available_memory_bytes
 from serving.models.adapters.metrics import AdapterMetrics
 from serving.models.adapters.naming import (ADAPTER_HEADER, BASE, ROUTE_MODEL_HEADER, TARGET_MODEL_HEADER,
@@ -53,8 +50,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from serving.settings import Settings
 
 logger = logging.getLogger("t5serving.adapters")
-
-LIST_PAGE_SIZE = 100  # GET /models' default and largest page (MMS's ListModels: limit <= 100)
 
 
 class AdapterHost(Protocol):
@@ -96,7 +91,7 @@ class AdapterRegistry:
         self.evict_lru = mode == "lru" or (mode == "auto" and not self.sagemaker)
         self.memory_budget = int(settings.adapter_memory_mb * 1024 * 1024)
         self.evictions = 0
-        self.hot_load_limit = SizeLimit(settings.adapter_download_max_bytes, settings.adapter_download_max_files)
+        self.hot_load_limit = SizeLimit(int(settings.adapter_download_max_mb * 2**20), settings.adapter_download_max_files)
         # One hot load at a time, and cache deletion never during one (see the module docstring).
         self._load_lock = asyncio.Lock()
 
@@ -244,46 +239,11 @@ class AdapterRegistry:
         kind = ResidentKind.ADAPTER if (path / "adapter_config.json").is_file() else ResidentKind.MODEL
         return path, kind, weight_file_bytes(path)
 
-    def _cache_in_use(self, entry: Resident) -> set[Path]:
-        return {p for other in self.entries.values() if other is not entry for p in other.cache_entries}
-
-    def _delete_cache_blocking(self, entry: Resident, in_use: set[Path]) -> None:
-        """Delete the MODEL_CACHE_DIR entries this load made, except those in ``in_use`` (another
-        resident's); never anything that is not a direct child of the cache."""
-        cache = Path(self.settings.model_cache_dir)
-        for path in list(entry.cache_entries):
-            if path not in in_use and cache_entry(path, cache) == Path(os.path.realpath(path)):
-                shutil.rmtree(path, ignore_errors=True)
-                logger.info("deleted cache entry %s of %r", path, entry.name)
-        entry.cache_entries.clear()
-
     async def _delete_cache(self, entry: Resident) -> None:
-        """As _delete_cache_blocking, off the event loop; the caller holds the load lock."""
+        """The cache entries ``entry``'s load made, deleted off the event loop (under the load lock)."""
         if entry.cache_entries:
-            in_use = self._cache_in_use(entry)
-            await asyncio.get_running_loop().run_in_executor(None, self._delete_cache_blocking, entry, in_use)
-
-    def _public_error(self, entry: Resident, exc: Exception) -> AdapterError:
-        """What the client of a failed hot load reads: the status and what to fix, with the
-        server's own paths replaced by the url it sent (or MODEL_CACHE_DIR); anything unexpected
-        is a 500 whose details are only in the log."""
-        status = getattr(exc, "status_code", None)
-        if not isinstance(exc, AdapterError) and not (isinstance(status, int) and 400 <= status < 500):
-            logger.error("loading %r from %s failed", entry.name, entry.url, exc_info=exc)
-            return AdapterError(500, "model_load_failed",
-                                f"loading {entry.name!r} failed inside the server; its log has the details")
-        original = str(getattr(exc, "detail", None) or exc)
-        cache = self.settings.model_cache_dir
-        replacements = {entry.path: entry.url, os.path.realpath(entry.path) if entry.path else "": entry.url,
-                        os.path.realpath(cache): "MODEL_CACHE_DIR", cache: "MODEL_CACHE_DIR"}
-        detail = original
-        for private in sorted(replacements, key=len, reverse=True):
-            if private and private not in ("/", ".") and private != entry.url:
-                detail = detail.replace(private, replacements[private])
-        logger.info("loading %r from %s failed: %s", entry.name, entry.url, original)
-        headers = getattr(exc, "headers", None)
-        return AdapterError(int(status) if isinstance(status, int) else 400, str(getattr(exc, "error", "invalid_model")),
-                            detail, headers=headers if isinstance(headers, dict) else None)
+            await asyncio.get_running_loop().run_in_executor(None, delete_cache_entries, entry, cache_in_use(
+                self.entries.values(), entry), self.settings.model_cache_dir)
 
     def _prepare_blocking(self, kind: ResidentKind, path: Path) -> tuple[dict[str, Any], int, Any]:
         details, size, payload = self.engine.prepare(kind, path)
@@ -331,29 +291,17 @@ class AdapterRegistry:
             entry.handle = self.engine.install(entry.internal, kind, payload)
         except BaseException as exc:
             self._fail(entry, exc)
-            self._delete_cache_blocking(entry, self._cache_in_use(entry))
+            delete_cache_entries(entry, cache_in_use(self.entries.values(), entry), self.settings.model_cache_dir)
             raise
         self._finish(entry, details, size, started)
         return entry
-
-    def check_url(self, url: str) -> None:
-        """403 unless the url lies inside ADAPTER_URL_ALLOWLIST; decided before any file or S3
-        object is touched, with one answer whether or not something exists there."""
-        roots = self.settings.adapter_url_roots
-        # SageMaker lays out /opt/ml/models itself (and is the only caller there): its links are its
-        # own. Elsewhere a link inside an allowed root must not lead out of it.
-        if not url_allowed(url, roots, resolve_links=not self.sagemaker):
-            logger.warning("refused a load from %s: outside ADAPTER_URL_ALLOWLIST %s", url, list(roots) or "(empty)")
-            raise AdapterError(403, "url_not_allowed",
-                               f"{url} is outside the locations this server loads models from "
-                               "(ADAPTER_URL_ALLOWLIST); use an allowed directory or s3:// prefix")
 
     async def load(self, name: str, url: str) -> Resident:
         """POST /models: check the url, then, one load at a time: locate, validate, make room
         (or 507), inject. The name answers 409 to another load and 503 to requests meanwhile."""
         loop = asyncio.get_running_loop()
         validate_name(name)
-        self.check_url(url)
+        check_url(url, self.settings)
         entry = self._reserve(name, url)
         try:
             async with self._load_lock:
@@ -371,20 +319,18 @@ class AdapterRegistry:
                     for victim in victims:
                         await self._drain_and_remove(victim, reason="evicted")
                         await self._delete_cache(victim)
-                    entry.handle = await loop.run_in_executor(None, self.engine.install, entry.internal, kind,
-                                                              payload)
+                    entry.handle = await loop.run_in_executor(None, self.engine.install, entry.internal, kind, payload)
                 except BaseException as exc:
                     self._fail(entry, exc)
                     await self._delete_cache(entry)
                     raise
-                # Accounted before the next load's room check runs.
-                self._finish(entry, details, size, started)
+                self._finish(entry, details, size, started)  # accounted before the next load's room check
         except asyncio.CancelledError:
             if self.entries.get(name) is entry:  # cancelled while waiting for its turn
                 del self.entries[name]
             raise
         except Exception as exc:
-            raise self._public_error(entry, exc) from None
+            raise public_error(entry, exc, self.settings.model_cache_dir) from None
         return entry
 
     # -- unload ------------------------------------------------------------------------------
@@ -440,32 +386,8 @@ class AdapterRegistry:
             self.metrics.memory_total.set(self.used_bytes)
 
     def list_page(self, token: str | None, limit: str | None = None) -> dict[str, Any]:
-        """GET /models in SageMaker's (MMS's) shape: sorted by name, ``limit`` per page (default
-        and at most LIST_PAGE_SIZE; larger asks get that many, as MMS answers), ``nextPageToken``
-        (an offset) while more remain."""
-        try:
-            start = int(token) if token else 0
-            if start < 0:
-                raise ValueError
-        except ValueError:
-            raise AdapterError(400, "invalid_page_token",
-                               f"next_page_token {token!r} is not one this server issued; omit it for the "
-                               "first page") from None
-        try:
-            size = min(int(limit), LIST_PAGE_SIZE) if limit else LIST_PAGE_SIZE
-            if size < 1:
-                raise ValueError
-        except ValueError:
-            raise AdapterError(400, "invalid_limit",
-                               f"limit {limit!r} is not valid: a whole number of models per page, 1 to "
-                               f"{LIST_PAGE_SIZE}") from None
-        ready = [e for e in self.entries.values() if e.state is ResidentState.READY]
-        ready.sort(key=lambda e: e.name)
-        page = ready[start:start + size]
-        body: dict[str, Any] = {"models": [{"modelName": e.name, "modelUrl": e.url} for e in page]}
-        if start + size < len(ready):
-            body["nextPageToken"] = str(start + size)
-        return body
+        """GET /models (serving/models/adapters/listing.py)."""
+        return list_page(self.entries.values(), token, limit)
 
     def info(self) -> dict[str, Any]:
         s = self.settings
