@@ -37,8 +37,20 @@ define pip_install
 	$(PIP) install -q $${idx:+--extra-index-url $$idx} $(1)
 endef
 
+# The floor of pyproject's requires-python, checked before anything is created: on 3.10 the server
+# starts but its batcher dies at the first batching delay (asyncio's TimeoutError is not the builtin
+# one there), so an older Python must fail here, loudly, not later.
+PYTHON_MIN := 3.11
+define check_python
+@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < tuple(map(int, "$(PYTHON_MIN)".split("."))))' 2>/dev/null || { \
+	  found=$$($(PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || echo "not runnable"); \
+	  echo "make: t5-serving needs Python >= $(PYTHON_MIN), but PYTHON=$(PYTHON) is $$found;" \
+	       "install a newer one and run e.g. make install PYTHON=python3.11" >&2; exit 1; }
+endef
+
 # What serving needs and no more: torch (CPU build) and the base dependencies.
 $(VENV)/.serving: pyproject.toml
+	$(check_python)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "pip<26"
 	$(call pip_install,torch==2.13.0)
@@ -95,7 +107,7 @@ test-stress: install ## The output-equivalence tests STRESS_ROUNDS x at 1 and 2 
 	done; done
 
 docs: ## Regenerate docs/configuration.md from serving/settings.py
-	$(PY) -m serving.settings --markdown > docs/configuration.md
+	$(PY) -m serving.settings_doc --markdown > docs/configuration.md
 
 clean:
 	rm -rf .pytest_cache build dist *.egg-info

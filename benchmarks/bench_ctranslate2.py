@@ -33,43 +33,29 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import REPO, at_real_t5_length, drive, fixed_length_inputs, load_dialogues
+from benchmarks.common import (
+    REPO,
+    TICKS,
+    at_real_t5_length,
+    busy_ticks,
+    drive,
+    fixed_length_inputs,
+    load_dialogues,
+    memory,
+    process_ticks,
+)
 from tools.launcher import free_port
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _busy_ticks() -> int:
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    values = [int(x) for x in fields]
-    return sum(values) - values[3] - values[4]  # minus idle and iowait
-
-
-def _process_ticks(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-        except (OSError, IndexError):
-            pass
-    return total
 
 
 def measured(ours: list[int], fn: Callable[[], dict]) -> dict:
     """Run fn; add the average number of cores OTHER processes kept busy meanwhile."""
-    busy, mine, started = _busy_ticks(), _process_ticks(ours), time.perf_counter()
+    busy, mine, started = busy_ticks(), process_ticks(ours), time.perf_counter()
     result = fn()
     wall = time.perf_counter() - started
-    other = (_busy_ticks() - busy) - (_process_ticks(ours) - mine)
+    other = (busy_ticks() - busy) - (process_ticks(ours) - mine)
     result["other_cpu_cores"] = round(max(0, other) / TICKS / wall, 2)
     result["loadavg"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     return result
-
-
-def memory(pid: int) -> dict:
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return {"rss_mib": int(status["VmRSS"].split()[0]) / 1024, "peak_rss_mib": int(status["VmHWM"].split()[0]) / 1024}
 
 
 # --- servers -----------------------------------------------------------------------------------------

@@ -70,6 +70,33 @@ def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def busy_ticks() -> int:
+    """CPU ticks the whole machine spent busy so far (all cores, minus idle and iowait)."""
+    values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(values) - values[3] - values[4]
+
+
+def process_ticks(pids: list[int]) -> int:
+    """CPU ticks (user + system) the given processes spent so far; gone processes count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def memory(pid: int) -> dict:
+    """A process's resident memory now and at its peak, MiB."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {"rss_mib": int(status["VmRSS"].split()[0]) / 1024, "peak_rss_mib": int(status["VmHWM"].split()[0]) / 1024}
+
+
 def drive(url: str, texts: list[str], concurrency: int, params: dict, timeout: float = 1800) -> dict:
     """Closed loop: `concurrency` clients send the texts (one per request) until all are done."""
     latencies: list[float] = []

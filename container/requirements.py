@@ -15,41 +15,17 @@ import re
 import sys
 from pathlib import Path
 
+if sys.version_info < (3, 11):  # pyproject's requires-python; the base image's python3 runs this
+    sys.exit(f"requirements.py: t5-serving needs Python >= 3.11, this base image has {sys.version.split()[0]}; "
+             "pick a base with a newer python3 (docs/image.md)")
+
+import tomllib  # noqa: E402
+
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 def _load(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
-    try:
-        import tomllib  # Python >= 3.11
-    except ModuleNotFoundError:  # pragma: no cover - bases with Python 3.10
-        return _fallback_parse(text)
-    return tomllib.loads(text)
-
-
-def _fallback_parse(text: str) -> dict:
-    """Enough TOML for [project].dependencies and [project.optional-dependencies] lists."""
-    project: dict = {"dependencies": [], "optional-dependencies": {}}
-    section, current = "", None
-    for raw in text.splitlines():
-        # Brackets and '#' inside quoted requirements ("moto[server]") are not syntax.
-        strings = re.findall(r'"([^"]*)"', raw)
-        bare = re.sub(r'"[^"]*"', '""', raw).split("#", 1)[0].strip()
-        if bare.startswith("[") and current is None:
-            section = bare.strip("[]").strip()
-            continue
-        key = re.match(r"^([A-Za-z0-9_-]+)\s*=\s*\[", bare)
-        if key and section in ("project", "project.optional-dependencies"):
-            name = key.group(1)
-            if section == "project" and name != "dependencies":
-                continue
-            current = project["dependencies"] if section == "project" else \
-                project["optional-dependencies"].setdefault(name, [])
-        if current is not None:
-            current.extend(strings)
-            if "]" in bare:
-                current = None
-    return {"project": project}
+    return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
 def requirement_name(req: str) -> str:

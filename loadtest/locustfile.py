@@ -1,14 +1,20 @@
 """Locust users that summarize dialogues, against the HTTP server or a SageMaker endpoint.
 
+    locust -f loadtest/locustfile.py --headless -u 4 -r 4 -t 60s --host http://127.0.0.1:8080
+
     locust -f loadtest/locustfile.py --headless --targets http://127.0.0.1:8080 \\
         --steps 1,2,4 --step-seconds 30 --data loadtest/data/sample.jsonl --out-dir out/
 
     locust -f loadtest/locustfile.py --headless --target sagemaker --endpoint-name my-endpoint \\
         --region eu-west-1 --steps 1,2,4 --step-seconds 60 --data ...
 
-`python -m loadtest.run` (what `make loadtest` calls) starts servers, runs this file, scrapes
-/metrics and writes the report; docs/loadtest.md lists every option. Besides Locust's own CSV
-and HTML, this file writes to --out-dir:
+Locust's own options mean what they always mean: without ``--steps``, ``-u`` users (spawned at
+``-r`` per second) send until ``-t`` (or Ctrl-C), as one open stage. ``--steps`` runs the step
+plan instead (each step holds its users for ``--step-seconds``, then drains); the plan sets the
+users, so ``-u``/``-r`` are refused with it, and ``-t`` still stops the run, mid-plan if need be.
+`python -m loadtest.run` (what `make loadtest` calls) starts servers, runs this file with a step
+plan, scrapes /metrics and writes the report; docs/loadtest.md lists every option. Besides
+Locust's own CSV and HTML, this file writes to --out-dir:
 
 - requests.csv: one row per request (start, end, stage, target, status, failure cause,
   dialogues, X-Batch-Size / X-Queue-Ms / X-Compute-Ms), from which the report takes exact
@@ -23,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -38,7 +45,7 @@ from locust.env import Environment  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
 from loadtest.dataset import PROFILES, PayloadFactory, load_dialogues  # noqa: E402
-from loadtest.plan import PlanError, build_stages, check_bounds, check_url, parse_steps, parse_targets  # noqa: E402
+from loadtest.plan import PlanError, Stage, build_stages, check_bounds, check_url, parse_steps, parse_targets  # noqa: E402
 from loadtest.promtext import parse_metrics  # noqa: E402
 from loadtest.shapes import StepShape  # noqa: E402,F401  (Locust finds the shape here)
 from loadtest.state import STATE  # noqa: E402
@@ -66,8 +73,9 @@ def _add_options(parser) -> None:
                        help="DialogSum-format JSONL whose dialogues users send")
     group.add_argument("--max-dialogue-chars", type=int, default=0, env_var="LOADTEST_MAX_DIALOGUE_CHARS",
                        help="skip dialogues longer than this many characters (0: keep all)")
-    group.add_argument("--steps", default="1,2,4,8,16,32", env_var="LOADTEST_STEPS",
-                       help="concurrent users per step, comma-separated")
+    group.add_argument("--steps", default="", env_var="LOADTEST_STEPS",
+                       help="run the step plan: concurrent users per step, comma-separated (e.g. 1,2,4,8,16,32; "
+                            "what make loadtest runs). Without it, -u users send until -t, as with any locustfile")
     group.add_argument("--step-seconds", type=float, default=30.0, env_var="LOADTEST_STEP_SECONDS",
                        help="how long each step sends requests")
     group.add_argument("--drain-timeout", type=float, default=60.0, env_var="LOADTEST_DRAIN_TIMEOUT",
@@ -125,8 +133,18 @@ class Run:
             if not options.endpoint_name:
                 raise PlanError("--target sagemaker needs --endpoint-name")
             self.targets = {"sagemaker": f"sagemaker:{options.endpoint_name}"}
-        stages = build_stages(parse_steps(options.steps), options.step_seconds, list(self.targets))
-        check_bounds(stages, options.drain_timeout)
+        self.stepped = bool(options.steps.strip())
+        if self.stepped:
+            if options.num_users is not None or options.spawn_rate is not None:
+                raise PlanError("--steps sets the users of every step: drop -u/--users and -r/--spawn-rate, "
+                                "or drop --steps to run -u users until -t")
+            stages = build_stages(parse_steps(options.steps), options.step_seconds, list(self.targets))
+            check_bounds(stages, options.drain_timeout)
+        else:
+            if len(self.targets) > 1:
+                raise PlanError("several --targets take turns only in a step plan: add --steps (e.g. --steps 1,4,16)")
+            # One open stage that Locust's -u, -r and -t drive.
+            stages = [Stage(0, options.num_users or 1, next(iter(self.targets)), math.inf)]
         STATE.configure(stages, options.drain_timeout)
         self.factory = PayloadFactory(load_dialogues(options.data, max_chars=options.max_dialogue_chars),
                                       max_new_tokens=options.max_new_tokens,
@@ -172,7 +190,8 @@ class Run:
         if self.out_dir is not None:
             (self.out_dir / "stages.json").write_text(json.dumps(
                 {"drain_timeout": STATE.drain_timeout, "targets": self.targets,
-                 "planned": [s.to_dict() for s in STATE.stages],
+                 "planned": [{**s.to_dict(), "seconds": None if math.isinf(s.seconds) else s.seconds}
+                             for s in STATE.stages],
                  "stages": [r.to_dict() for r in STATE.records]}, indent=2))
 
 
@@ -192,6 +211,9 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
     except (PlanError, ValueError) as exc:
         logger.error("loadtest: %s", exc)
         raise SystemExit(2) from None
+    if not RUN.stepped:
+        # No step plan: Locust's own -u, -r and -t drive the run (a shape class would override them).
+        environment.shape_class = None
     think = environment.parsed_options.think_seconds
     DialogueUser.wait_time = constant(think) if think > 0 else constant(0)
 
@@ -200,11 +222,14 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
 def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
     if RUN is not None and RUN.log is None:
         RUN.start()
+        if not RUN.stepped:
+            STATE.advance(time.time())  # the open stage starts with the test
 
 
 @events.quitting.add_listener
 def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
     if RUN is not None:
+        STATE.stop(time.time())
         RUN.stop()
 
 

@@ -17,13 +17,25 @@ from loadtest.state import STATE
 
 
 class StepShape(LoadTestShape):
-    """Locust polls tick() about once a second; users follow STATE between ticks."""
+    """Locust polls tick() about once a second; users follow STATE between ticks.
 
-    # Keeps --run-time in force as a hard stop on top of the stage plan.
+    Active only with a step plan (``--steps``): without one, loadtest/locustfile.py removes the
+    shape at init and Locust's own -u, -r and -t apply. With one, the plan sets the users (-u and
+    -r are refused) and -t stays a hard stop: Locust's own -t timer only starts after a headless
+    shape has finished, so the shape enforces it.
+    """
+
+    # Locust leaves --run-time to a shape that says it reads the common options; this one does.
     use_common_options = True
 
     def tick(self) -> tuple[int, float] | None:
-        stage = STATE.advance(time.time())
+        now = time.time()
+        options = self.runner.environment.parsed_options if self.runner is not None else None
+        run_time = getattr(options, "run_time", None)
+        if run_time and self.get_run_time() >= run_time:
+            STATE.stop(now)
+            return None
+        stage = STATE.advance(now)
         if stage is None:
             return None
         # Spawn every user of a step within one second: the step's clock has started.

@@ -4,6 +4,7 @@ tested without gevent."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,13 @@ class StageRecord:
     left_in_flight: int = 0           # requests still running when the drain timed out
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.stage.to_dict(), "start": self.start, "end": self.end,
-                "drained": self.drained, "left_in_flight": self.left_in_flight}
+        planned = self.stage.seconds
+        # A step cut short by -t (or an open run, planned as endless) reports what it really sent.
+        sent = (self.end - self.start) if self.end is not None else None
+        seconds = sent if sent is not None and (sent < planned or math.isinf(planned)) else planned
+        return {**self.stage.to_dict(), "seconds": seconds, "start": self.start, "end": self.end,
+                "drained": self.drained, "left_in_flight": self.left_in_flight,
+                "cut_short": sent is not None and sent < planned and not math.isinf(planned)}
 
 
 @dataclass
@@ -67,6 +73,13 @@ class RunState:
         self.records.append(self.current)
         self.phase = "run"
         return self.current.stage
+
+    def stop(self, now: float) -> None:
+        """The run ends now (Locust's -t, Ctrl-C, the plan's end): close the current stage."""
+        if self.current is not None and self.phase in ("run", "drain"):
+            self.current.end = self.current.end or now
+            self.current.drained, self.current.left_in_flight = now, max(0, self.inflight)
+        self.phase = "done"
 
     @property
     def sending(self) -> bool:

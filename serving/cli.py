@@ -7,7 +7,8 @@ import os
 import runpy
 import sys
 
-from serving.settings import REPO_ROOT, SettingsError, describe, load_settings_with_sources
+from serving.settings import REPO_ROOT, SettingsError, load_settings_with_sources
+from serving.settings_doc import describe
 
 
 def serve_main(argv: list[str] | None = None) -> int:

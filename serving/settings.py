@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +25,13 @@ class SettingsError(ValueError):
 
 
 def _knob(env: str, default: Any, doc: str, *, choices: tuple[str, ...] | None = None,
-          minimum: float | None = None, maximum: float | None = None) -> Any:
+          minimum: float | None = None, maximum: float | None = None, secret: bool = False) -> Any:
     return field(default=default, metadata={
-        "env": env, "doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum,
+        "env": env, "doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum, "secret": secret,
     })
+
+
+ADMIN_TOKEN_MIN_LENGTH = 16  # a shorter credential is refused at start: it could be guessed
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,32 @@ class Settings:
         "any still queued after it fail with 404 adapter_unloaded (never another adapter's "
         "answer). Longer is gentler to clients, shorter frees memory sooner.", minimum=0)
 
+    # --- the /models admin routes (docs/adapters.md#admin-routes) ----------------------
+    admin_token: str | None = _knob(
+        "ADMIN_TOKEN", None,
+        "Credential of the /models admin routes (load, list, get, unload) outside SageMaker: "
+        "clients send `Authorization: Bearer <token>`; none answers 401, a wrong one 403. Unset, "
+        "those routes are not mounted at all outside SageMaker (adapters from ADAPTERS_DIR still "
+        "serve, /models answers 404 admin_disabled), so they are never open. Under "
+        "SAGEMAKER_MULTI_MODEL=true SageMaker calls them without credentials and the token is "
+        "not checked. At least 16 characters; on Kubernetes keep it in a Secret.", secret=True)
+    adapter_url_allowlist: str | None = _knob(
+        "ADAPTER_URL_ALLOWLIST", None,
+        "Where POST /models may load from: comma-separated local directories and "
+        "s3://bucket/prefix entries; a url must lie inside one (symlinks and .. resolved, a "
+        "prefix ends at a '/', so s3://b/m/acme does not admit s3://b/m/acme-v2). Anything else "
+        "answers 403 before the server reads a file or calls S3. Unset: /opt/ml/models under "
+        "SAGEMAKER_MULTI_MODEL, else ADAPTERS_DIR when set, else nothing (every hot load is refused).")
+    adapter_download_max_mb: float = _knob(
+        "ADAPTER_DOWNLOAD_MAX_MB", 2048.0,
+        "Largest model one POST /models may bring into MODEL_CACHE_DIR: S3 objects summed from the "
+        "listing before any download, a .tar.gz's unpacked size from its headers before extracting. "
+        "Protects the cache volume and a load's time; adapters are MBs, FLAN-T5-base ~1 GB.", minimum=1)
+    adapter_download_max_files: int = _knob(
+        "ADAPTER_DOWNLOAD_MAX_FILES", 1000,
+        "Most files one POST /models may download or unpack (checked before the first one): a model "
+        "is a handful of files; thousands are a mistake or an attack on the cache.", minimum=1)
+
     # ----------------------------------------------------------------------------------
     @property
     def max_payload_bytes(self) -> int:
@@ -277,6 +305,13 @@ class Settings:
     @property
     def multi_adapter_enabled(self) -> bool:
         return bool(self.multi_adapter or self.sagemaker_multi_model or self.adapters_dir)
+
+
+    def __post_init__(self) -> None:
+        token = self.admin_token
+        if token is not None and (len(token) < ADMIN_TOKEN_MIN_LENGTH or token != token.strip()):
+            raise SettingsError(f"ADMIN_TOKEN is not valid: it must be at least {ADMIN_TOKEN_MIN_LENGTH} "
+                                "characters without surrounding spaces (e.g. `openssl rand -hex 32`)")
 
     def as_environment(self) -> dict[str, str]:
         """Every set knob as its environment variable. The model script reads some of them
@@ -401,44 +436,3 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
                   **overrides: Any) -> Settings:
     """Settings from defaults, the optional config file, the environment and overrides."""
     return load_settings_with_sources(environ, config_file, **overrides)[0]
-
-
-def describe(settings: Settings, sources: Mapping[str, str]) -> str:
-    """The effective configuration, one line per knob: variable, value, source."""
-    rows = [(f.metadata["env"], repr(getattr(settings, f.name)), sources.get(f.name, "default"))
-            for f in dataclasses.fields(Settings)]
-    width = [max(len(r[i]) for r in rows) for i in range(2)]
-    return "\n".join(f"{env:<{width[0]}}  {value:<{width[1]}}  ({source})" for env, value, source in rows)
-
-
-DOC_HEADER = """# Configuration
-
-Generated from `serving/settings.py` by `make docs`; a test fails when this file is stale.
-
-Precedence: default < config file (`serve --config FILE` or `SERVING_CONFIG`, YAML keyed by field
-name or variable) < environment < command-line flags. The same file's `training:` section holds
-the training hyperparameters (`train --config FILE --print-config`; docs/training.md).
-`serve --print-config` prints the effective values and their sources. The server exports every
-value to its environment before loading the model script, which reads `DEVICE`, `TORCH_DTYPE`,
-`MAX_INPUT_TOKENS`, `BASE_MODEL_DIR` / `BASE_MODEL_ID` and the generation limits from there (as
-it must under AWS's toolkit too).
-
-"""
-
-
-def markdown_table() -> str:
-    lines = [DOC_HEADER + "| variable | default | what it trades |", "|---|---|---|"]
-    for f in dataclasses.fields(Settings):
-        default = f.default if f.default is not None else "(unset)"
-        doc = f.metadata["doc"]
-        if f.metadata["choices"]:
-            doc += f" One of: {', '.join(f.metadata['choices'])}."
-        lines.append(f"| `{f.metadata['env']}` | `{default}` | {doc} |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    if "--markdown" in sys.argv:
-        print(markdown_table())
-    else:
-        print(describe(*load_settings_with_sources()))

@@ -8,19 +8,8 @@ that crosses a module boundary; their values are what the HTTP answers and metri
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum  # members are their string values everywhere: JSON, f-strings, labels
 from typing import Any, TypedDict
-
-
-class StrEnum(str, Enum):
-    """An enum whose members are their string values everywhere: JSON, f-strings, labels.
-    (``enum.StrEnum`` needs Python 3.11; the image and the toolkit stack may run 3.10.)"""
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self.value), spec)
 
 
 class ServerStatus(StrEnum):

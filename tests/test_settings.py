@@ -84,7 +84,7 @@ def test_serve_print_config_and_start_failure(tmp_path):
 
 
 def test_configuration_docs_are_generated_from_the_settings():
-    from serving.settings import markdown_table
+    from serving.settings_doc import markdown_table
 
     assert (REPO / "docs" / "configuration.md").read_text().strip() == markdown_table().strip(), \
         "docs/configuration.md is stale: run `make docs`"
@@ -94,3 +94,30 @@ def test_the_training_section_is_left_to_the_training_entry(tmp_path):
     config = tmp_path / "both.yaml"
     config.write_text("max_batch_size: 4\ntraining:\n  lora_r: 16\n")
     assert load_settings({}, config_file=config).max_batch_size == 4
+
+
+def test_admin_token_is_refused_when_guessable_and_never_printed(tmp_path):
+    for weak in ("short", "x" * 15):
+        with pytest.raises(SettingsError, match="ADMIN_TOKEN is not valid: it must be at least 16"):
+            load_settings({"ADMIN_TOKEN": weak})
+    token = "s3cr3t-admin-token-0123456789"
+    assert load_settings({"ADMIN_TOKEN": token}).admin_token == token
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "ADMIN_TOKEN": token}
+    out = subprocess.run([sys.executable, "-m", "serving.cli", "--print-config"], env=env, capture_output=True,
+                         text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert token not in out.stdout and "ADMIN_TOKEN" in out.stdout and "'***'" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "serving.cli", "--print-config"], capture_output=True, text=True,
+                         env={**env, "ADMIN_TOKEN": "short"}, cwd=REPO, timeout=60)
+    assert out.returncode == 2 and "ADMIN_TOKEN is not valid" in out.stderr and "short" not in out.stderr
+
+
+def test_hot_load_allowlist_defaults():
+    from serving.models.adapters.guards import allowed_roots
+
+    assert allowed_roots(load_settings({})) == ()
+    assert allowed_roots(load_settings({"SAGEMAKER_MULTI_MODEL": "true"})) == ("/opt/ml/models",)
+    assert allowed_roots(load_settings({"ADAPTERS_DIR": "s3://b/adapters/"})) == ("s3://b/adapters/",)
+    assert allowed_roots(load_settings({"ADAPTER_URL_ALLOWLIST": " /srv/a, s3://b/x ,", "ADAPTERS_DIR": "/other"})
+                         ) == ("/srv/a", "s3://b/x")
+    assert allowed_roots(load_settings({"ADAPTER_URL_ALLOWLIST": ""})) == ()

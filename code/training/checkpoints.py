@@ -7,6 +7,7 @@ that looks complete; a restarted job resumes from the newest complete one.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -68,7 +69,15 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, hp: dict[str, Any])
     if others:
         log(f"note: resuming with changed hyperparameter(s) {', '.join(others)}")
     set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-    training = torch.load(path / "training_state.pt", weights_only=False)
+    # Checkpoints come back from an S3-synced directory: unpickle tensors and plain values only, so
+    # a tampered file cannot run code in the job (what save_checkpoint writes needs nothing more).
+    try:
+        training = torch.load(path / "training_state.pt", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        log(f"refused {path / 'training_state.pt'}: {exc}")
+        raise TrainError(f"checkpoint {path / 'training_state.pt'} holds not only tensors and plain values, so it "
+                         "was not written by this training code (or was tampered with); it was not loaded. "
+                         "Delete that checkpoint or use another --checkpoint-dir") from None
     optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
     torch.set_rng_state(training["torch_rng"])

@@ -8,6 +8,7 @@ model in the background and drains the batcher at shutdown.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,8 @@ from serving.http.runtime import Runtime
 from serving.models.handlers import Handlers
 from serving.settings import Settings
 from serving.version import __version__
+
+logger = logging.getLogger("t5serving.app")
 
 
 def create_app(settings: Settings, engine: Engine | None = None, handlers: Handlers | None = None) -> FastAPI:
@@ -44,7 +47,17 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
         if settings.engine != "torch":
             raise ValueError(f"multi-adapter mode (MULTI_ADAPTER, SAGEMAKER_MULTI_MODEL, ADAPTERS_DIR) needs "
                              f"ENGINE=torch, not ENGINE={settings.engine}: other engines serve one merged model")
-        app.include_router(models.router(runtime))
+        # The /models admin routes are never open: SageMaker calls them (only it can reach them
+        # there); elsewhere they need ADMIN_TOKEN, and without one they are not mounted.
+        if settings.sagemaker_multi_model or settings.admin_token:
+            if settings.sagemaker_multi_model and settings.admin_token:
+                logger.warning("ADMIN_TOKEN is not checked under SAGEMAKER_MULTI_MODEL=true: SageMaker calls "
+                               "the /models routes without credentials")
+            app.include_router(models.router(runtime))
+        else:
+            logger.warning("multi-adapter mode without ADMIN_TOKEN: the /models admin routes (load, unload, "
+                           "list) are off; adapters from ADAPTERS_DIR serve as usual")
+            app.include_router(models.disabled_router())
         app.add_middleware(InvokeRewrite)  # added last, so it runs first: invokes count as /invocations
     install_exception_handlers(app)
     for concern in (health, info, sagemaker):

@@ -180,6 +180,34 @@ def test_checkpoint_from_another_setup_is_refused(train_mod, tiny_base, tmp_path
     assert "lora_r: 8 there, 4 now" in capsys.readouterr().err
 
 
+class _RunsCodeWhenUnpickled:
+    """What a tampered checkpoint can hold: unpickling it runs code (here: writes a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unopened(train_mod, tiny_base, tmp_path, capsys):
+    # Checkpoints come back from an S3-synced directory (SageMaker's checkpoint_s3_uri): whoever can
+    # write there must not be able to run code in the training job.
+    import torch
+
+    assert train_mod.main(_host_args(tiny_base, tmp_path, "--max-steps", "1", validation=False)) == 0
+    (checkpoint,) = (tmp_path / "ckpt").iterdir()
+    state = torch.load(checkpoint / "training_state.pt", weights_only=True)  # ours loads as plain data
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "python_rng": _RunsCodeWhenUnpickled(marker)}, checkpoint / "training_state.pt")
+    capsys.readouterr()
+    rc = train_mod.main(_host_args(tiny_base, tmp_path, "--max-steps", "2", validation=False))
+    assert not marker.exists(), "loading the checkpoint ran code from it"
+    assert rc == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "training_state.pt" in err and "not only tensors and plain values" in err
+
+
 def _sagemaker_root(tmp_path: Path, train_lines: list[str] | None, hyperparameters: dict | None = None) -> Path:
     root = tmp_path / "opt-ml"
     (root / "input" / "config").mkdir(parents=True)

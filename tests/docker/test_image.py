@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 import uuid
@@ -24,7 +25,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import tomllib
 
 from tests.support import free_port
 
@@ -173,16 +173,6 @@ def test_requirements_split_torch_from_the_rest_of_pyproject() -> None:
     assert only == [r for r in project["dependencies"] if req.requirement_name(r) == "torch"]
     # Every pin the image installs is exact (==), so image and CI resolve the same set.
     assert all("==" in r for r in project["dependencies"])
-
-
-def test_requirements_fallback_parser_agrees_with_tomllib() -> None:
-    # Bases with Python 3.10 (no tomllib) use the fallback; it must read pyproject identically.
-    req = _requirements_script()
-    text = (REPO_ROOT / "pyproject.toml").read_text()
-    expected = tomllib.loads(text)["project"]
-    parsed = req._fallback_parse(text)["project"]
-    assert parsed["dependencies"] == expected["dependencies"]
-    assert parsed["optional-dependencies"] == expected["optional-dependencies"]
 
 
 def test_requirements_reject_an_unknown_extra() -> None:

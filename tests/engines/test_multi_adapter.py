@@ -19,7 +19,7 @@ import pytest
 from serving.models.adapters import BASE
 from serving.types import ResidentState
 from tests.support import app_client, metric_value, wait_until
-from tests.support.adapters import PARAMS, TEXTS, References, build_adapter_set, merged_references
+from tests.support.adapters import PARAMS, TEXTS, References, admin_client, build_adapter_set, merged_references
 from tests.support.equivalence import (
     NEAR_TIE,
     NOISE_LIMIT,
@@ -47,8 +47,8 @@ def refs(adapter_set) -> References:
 @pytest.fixture(scope="module", params=["continuous", "request"])
 def multi(adapter_set, request):
     """The same server with each scheduler: rows in a running batch, or whole generate calls."""
-    with app_client(model_dir=str(adapter_set.base), adapters_dir=str(adapter_set.adapters_dir),
-                    max_batch_delay_ms=300.0, scheduler=request.param) as client:
+    with admin_client(adapter_set, model_dir=str(adapter_set.base), adapters_dir=str(adapter_set.adapters_dir),
+                      max_batch_delay_ms=300.0, scheduler=request.param) as client:
         assert client.get("/info").json()["batching"]["scheduler"] == request.param
         yield client
 
@@ -236,7 +236,7 @@ def test_hot_load_and_unload_remove_metric_labels(multi, adapter_set, refs):
 
 
 def test_load_while_invoking_same_name(adapter_set, refs):
-    with app_client(model_dir=str(adapter_set.base), multi_adapter=True) as client:
+    with admin_client(adapter_set, model_dir=str(adapter_set.base), multi_adapter=True) as client:
         engine = client.app.state.runtime.engine
         outcome = {}
         with engine._lock:  # injection waits for the engine: the name is "loading" meanwhile
@@ -255,7 +255,8 @@ def test_load_while_invoking_same_name(adapter_set, refs):
 
 
 def test_unload_waits_for_queued_requests(adapter_set, refs):
-    with app_client(model_dir=str(adapter_set.base), adapters_dir=str(adapter_set.adapters_dir)) as client:
+    with admin_client(adapter_set, model_dir=str(adapter_set.base),
+                      adapters_dir=str(adapter_set.adapters_dir)) as client:
         engine = client.app.state.runtime.engine
         out: dict = {}
         with engine._lock:  # the batch with the a1 request cannot run yet
@@ -284,7 +285,8 @@ def test_queued_item_never_runs_with_a_replacement_adapter(adapter_set, refs):
     from serving.models.handlers import load_handlers
     from serving.settings import load_settings
 
-    settings = load_settings({}, model_dir=str(adapter_set.base), multi_adapter=True, adapter_unload_timeout_s=0.01)
+    settings = load_settings({}, model_dir=str(adapter_set.base), multi_adapter=True, adapter_unload_timeout_s=0.01,
+                             adapter_url_allowlist=str(adapter_set.root))
     engine = MultiAdapterEngine(load_handlers(None), str(adapter_set.base), settings)
     engine.load()
     registry = engine.registry
@@ -306,8 +308,8 @@ def test_queued_item_never_runs_with_a_replacement_adapter(adapter_set, refs):
 
 
 def test_lru_eviction_on_kubernetes(adapter_set):
-    with app_client(model_dir=str(adapter_set.base), adapters_dir=str(adapter_set.adapters_dir),
-                    max_adapters=3) as client:
+    with admin_client(adapter_set, model_dir=str(adapter_set.base), adapters_dir=str(adapter_set.adapters_dir),
+                      max_adapters=3) as client:
         assert client.post("/invocations", json={"inputs": TEXTS[0], "adapter": "a1"}).status_code == 200
         assert client.post("/invocations", json={"inputs": TEXTS[0], "adapter": "a3"}).status_code == 200
         r = client.post("/models", json={"model_name": "k", "url": str(adapter_set.adapters["k"])})
@@ -319,8 +321,8 @@ def test_lru_eviction_on_kubernetes(adapter_set):
 
 def test_memory_budget_refuses_with_507_when_eviction_is_off(adapter_set):
     one = 49152  # bytes of one tiny r=8 q,v adapter
-    with app_client(model_dir=str(adapter_set.base), multi_adapter=True, adapter_eviction="refuse",
-                    adapter_memory_mb=2.5 * one / 2**20) as client:
+    with admin_client(adapter_set, model_dir=str(adapter_set.base), multi_adapter=True, adapter_eviction="refuse",
+                      adapter_memory_mb=2.5 * one / 2**20) as client:
         for name in ("a1", "a2"):
             loaded = client.post("/models", json={"model_name": name, "url": str(adapter_set.adapters[name])})
             assert loaded.status_code == 200
@@ -330,7 +332,7 @@ def test_memory_budget_refuses_with_507_when_eviction_is_off(adapter_set):
 
 
 def test_full_model_is_served_as_its_own_model(adapter_set, refs):
-    with app_client(model_dir=str(adapter_set.base), multi_adapter=True) as client:
+    with admin_client(adapter_set, model_dir=str(adapter_set.base), multi_adapter=True) as client:
         merged_dir = Path(adapter_set.base).parent / "merged-a2"
         if not merged_dir.exists():
             from peft import PeftModel

@@ -57,27 +57,33 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
-def _pvc_variant(tmp: Path) -> Path:
-    """The cpu overlay plus the model-pvc component, as a user's overlay would combine them."""
+def _component_variant(tmp: Path, component: str) -> Path:
+    """The cpu overlay plus one component, as a user's overlay would combine them."""
     tmp.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(K8S, tmp)  # kustomize refuses absolute paths to other roots
     (tmp / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "namespace": "t5serving",
         "resources": [f"{rel}/overlays/cpu"],
-        "components": [f"{rel}/components/model-pvc"],
+        "components": [f"{rel}/components/{component}"],
     }))
     return tmp
+
+
+COMPONENTS = ("model-pvc", "multi-adapter")
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     out = {name: kustomize(K8S / "overlays" / name) for name in OVERLAYS}
-    out["cpu+model-pvc"] = kustomize(_pvc_variant(tmp_path_factory.mktemp("pvc")))
+    for component in COMPONENTS:
+        out[f"cpu+{component}"] = kustomize(_component_variant(tmp_path_factory.mktemp(component), component))
     return out
 
 
-VARIANTS = (*OVERLAYS, "cpu+model-pvc")
+VARIANTS = (*OVERLAYS, *(f"cpu+{c}" for c in COMPONENTS))
+# What a Secret's key reads as in these checks: long enough for ADMIN_TOKEN's minimum.
+SECRET_STAND_IN = "stand-in-for-secret-{name}-{key}"
 
 
 def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -105,6 +111,9 @@ def pod_env(docs: list[dict[str, Any]]) -> dict[str, str]:
     for item in c.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]
+        elif "secretKeyRef" in item["valueFrom"]:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = SECRET_STAND_IN.format(name=ref["name"], key=ref["key"])
         else:
             ref = item["valueFrom"]["resourceFieldRef"]
             assert ref.get("containerName", c["name"]) == c["name"]
@@ -423,6 +432,47 @@ def test_pvc_component_replaces_s3(rendered: dict) -> None:
     claims = [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v]
     assert claims == [pvc["metadata"]["name"]]
     assert not pod_env(docs)["MODEL_DIR"].startswith("s3://")
+
+
+def _admin_answers(env: dict[str, str]) -> dict[str, int]:
+    """What the server configured by ``env`` answers to the admin routes without credentials
+    (no model needed: the credential check comes first)."""
+    from starlette.testclient import TestClient
+
+    from serving.http.app import create_app
+    from serving.settings import load_settings
+
+    client = TestClient(create_app(load_settings(env)))  # no lifespan: nothing loads
+    return {"GET /models": client.get("/models").status_code,
+            "POST /models": client.post("/models", json={"model_name": "x", "url": "s3://x/y"}).status_code}
+
+
+def test_multi_adapter_component_guards_the_admin_routes(rendered: dict) -> None:
+    docs = rendered["cpu+multi-adapter"]
+    env = pod_env(docs)
+    assert env["MULTI_ADAPTER"] == "true" and env["ADAPTERS_DIR"].startswith("s3://")
+    assert env["ADAPTER_URL_ALLOWLIST"] == env["ADAPTERS_DIR"], "hot loads only from the adapters' prefix"
+    [token] = [item for item in container(docs)["env"] if item["name"] == "ADMIN_TOKEN"]
+    ref = token["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("t5serving-admin", "token")
+    assert ref.get("optional") is not True, "without the Secret the pod must not start (routes never open)"
+    assert _admin_answers(env) == {"GET /models": 401, "POST /models": 401}
+    # With the Secret missing (the env var unset) the routes would not even be mounted.
+    unset = {k: v for k, v in env.items() if k != "ADMIN_TOKEN"}
+    assert _admin_answers(unset) == {"GET /models": 404, "POST /models": 404}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_credential_is_written_in_the_manifests(rendered: dict, variant: str) -> None:
+    docs = rendered[variant]
+    assert not [d for d in docs if d["kind"] == "Secret"], "Secrets are created out of band, never rendered"
+    for item in container(docs).get("env", []):
+        if item["name"] == "ADMIN_TOKEN":
+            assert "value" not in item, "ADMIN_TOKEN must come from a Secret"
+    configmaps = {k for d in docs if d["kind"] == "ConfigMap" for k in d.get("data", {})}
+    assert "ADMIN_TOKEN" not in configmaps
+    # SAGEMAKER_MULTI_MODEL=true would serve /models without credentials: only SageMaker may set it.
+    assert pod_env(docs).get("SAGEMAKER_MULTI_MODEL", "false") == "false"
 
 
 # ----------------------------------------------------------------------------- monitoring wiring

@@ -338,6 +338,63 @@ def test_locust_run_counts_failures_by_cause(fake_server: str, tmp_path: Path) -
     assert {"http_503:queue_full", "timeout"} <= errors
 
 
+def _locust(args: list[str], out: Path, timeout: float = 60) -> tuple[subprocess.CompletedProcess | None, float]:
+    """``locust -f loadtest/locustfile.py --headless ARGS`` as a user types it (CSV into ``out``);
+    (the finished process, or None when it ran past ``timeout`` and was stopped; its wall time)."""
+    cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
+           "--only-summary", "--csv", str(out / "locust"), "--csv-full-history", "--out-dir", str(out),
+           "--data", str(SAMPLE), "--request-timeout", "0.4", "--scrape-interval", "0", *args]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # by PID: the one this test started
+        proc.communicate()
+        return None, time.monotonic() - started
+    return subprocess.CompletedProcess(cmd, proc.returncode, output, ""), time.monotonic() - started
+
+
+def _user_counts(out: Path) -> set[int]:
+    with (out / "locust_stats_history.csv").open() as fh:
+        return {int(row["User Count"]) for row in csv.DictReader(fh)}
+
+
+@pytest.mark.slow  # Locust processes
+def test_locusts_own_users_spawn_rate_and_run_time_mean_what_they_mean(fake_server: str, tmp_path: Path) -> None:
+    # Without --steps: -u users at -r per second until -t, as with any locustfile (this ran the whole
+    # default step plan, 1..32 users over minutes, before).
+    out = tmp_path / "plain"
+    proc, wall = _locust(["-u", "4", "-r", "4", "-t", "6s", "--host", fake_server], out)
+    assert proc is not None, f"-t 6s did not stop Locust within {wall:.0f}s"
+    assert _user_counts(out) - {0} == {4}, _user_counts(out)
+    stages = json.loads((out / "stages.json").read_text())["stages"]
+    assert [(s["users"], s["label"]) for s in stages] == [(4, "default")]
+    assert 3 <= stages[0]["end"] - stages[0]["start"] <= 6 + 5  # -t counts from the start of the test
+    with (out / "requests.csv").open() as fh:
+        assert sum(1 for _ in csv.DictReader(fh)) > 4
+
+
+@pytest.mark.slow  # a Locust process
+def test_run_time_stops_a_step_plan_midway(fake_server: str, tmp_path: Path) -> None:
+    out = tmp_path / "steps"
+    proc, wall = _locust(["--steps", "1,2,1,2", "--step-seconds", "6", "--drain-timeout", "2", "-t", "4s",
+                          "--targets", fake_server], out)
+    assert proc is not None, f"-t 4s did not stop the step plan within {wall:.0f}s"
+    stages = json.loads((out / "stages.json").read_text())["stages"]
+    assert [s["users"] for s in stages] == [1], stages  # stopped inside the first 6 s step
+    assert stages[0]["cut_short"] and stages[0]["seconds"] < 6
+    assert _user_counts(out) - {0} == {1}
+
+
+@pytest.mark.slow  # Locust processes
+def test_conflicting_locust_options_are_refused(fake_server: str, tmp_path: Path) -> None:
+    for args, needle in ((["--steps", "1,2", "-u", "4", "--targets", fake_server], "drop -u/--users"),
+                         (["-u", "2", "-t", "2s", "--targets", f"a={fake_server},b={fake_server}"], "add --steps")):
+        proc, _ = _locust(args, tmp_path / needle.split()[-1].strip("-/"))
+        assert proc is not None and proc.returncode == 2 and needle in proc.stdout, proc and proc.stdout[-2000:]
+
+
 @pytest.mark.slow  # a Locust process and moto
 def test_sagemaker_target_through_boto3_against_moto(tmp_path: Path) -> None:
     """The same user class through boto3 invoke_endpoint; moto on loopback plays SageMaker."""

@@ -69,3 +69,113 @@ def test_server_loads_and_serves_an_s3_model(moto, tiny_adapter_dir, tmp_path):
     with running_server("s3://models/missing", tmp_path, env, wait=False) as broken:
         ping = wait_for_state(broken.url, "failed", process=broken.process)
         assert ping.status_code == 503 and "nothing found at s3://models/missing" in ping.json()["detail"]
+
+
+def test_a_prefix_ends_at_a_slash(moto, tiny_adapter_dir, tmp_path):
+    # s3://models/adapters/acme is the folder acme: acme-v2's files are not part of it.
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="models")
+    upload_dir(s3, "models", "adapters/acme", tiny_adapter_dir)
+    s3.put_object(Bucket="models", Key="adapters/acme-v2/other.bin", Body=b"v2")
+    s3.put_object(Bucket="models", Key="adapters/acme.txt", Body=b"beside")
+    for uri in ("s3://models/adapters/acme", "s3://models/adapters/acme/"):
+        local = download_s3(uri, tmp_path / "cache")
+        files = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.name != ".complete")
+        assert files == sorted(p.name for p in tiny_adapter_dir.iterdir()), files
+
+
+class CountingClient:
+    """boto3's S3 client, counting the downloads it is asked for."""
+
+    def __init__(self) -> None:
+        self.client, self.downloads = boto3.client("s3"), 0
+
+    def get_paginator(self, name):
+        return self.client.get_paginator(name)
+
+    def download_file(self, *args, **kwargs):
+        self.downloads += 1
+        return self.client.download_file(*args, **kwargs)
+
+
+def test_size_and_file_caps_are_checked_on_the_listing_before_any_download(moto, tmp_path):
+    from serving.models.source import ModelTooLargeError, SizeLimit
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="models")
+    for i in range(3):
+        s3.put_object(Bucket="models", Key=f"big/part-{i}.bin", Body=bytes(400_000))
+    cache = tmp_path / "cache"
+    for limit, needle in ((SizeLimit(max_bytes=1_000_000), "MiB"), (SizeLimit(max_files=2), "2 files")):
+        client = CountingClient()
+        with pytest.raises(ModelTooLargeError, match=needle):
+            download_s3("s3://models/big", cache, client=client, limit=limit)
+        assert client.downloads == 0 and not cache.exists()
+    client = CountingClient()
+    local = download_s3("s3://models/big", cache, client=client, limit=SizeLimit(max_bytes=1_300_000, max_files=3))
+    assert client.downloads == 3 and len(list(local.glob("part-*.bin"))) == 3
+
+
+def test_a_packed_model_over_the_cap_is_not_unpacked(moto, tmp_path):
+    import io
+
+    from serving.models.source import ModelTooLargeError, SizeLimit
+
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:  # 8 MiB of zeros: a few KiB packed
+        info = tarfile.TarInfo("adapter_model.safetensors")
+        info.size = 8 * 2**20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="models")
+    s3.upload_file(str(archive), "models", "packed/model.tar.gz")
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelTooLargeError):
+        download_s3("s3://models/packed/model.tar.gz", cache, limit=SizeLimit(max_bytes=2**20))
+    assert not cache.exists() or list(cache.iterdir()) == []  # the partial download is gone too
+
+
+@pytest.mark.parametrize("url,allowed", [
+    ("/srv/adapters/acme", True),
+    ("/srv/adapters", True),
+    ("/srv/adapters/acme/../../etc", False),
+    ("/srv/adapters-v2/acme", False),
+    ("/srv", False),
+    ("srv/adapters/acme", False),
+    ("s3://models/adapters/acme", True),
+    ("s3://models/adapters/acme/sub/x.tar.gz", True),
+    ("s3://models/adapters/acme-v2", False),
+    ("s3://models/adapters/acme/../acme-v2", False),
+    ("s3://models/adapters", False),
+    ("s3://other/adapters/acme", False),
+    ("s3://", False),
+    ("", False),
+])
+def test_url_allowlist(url, allowed):
+    from serving.models.adapters.guards import url_allowed
+
+    assert url_allowed(url, ["/srv/adapters", "s3://models/adapters/acme"]) is allowed
+    assert url_allowed(url, []) is False
+
+
+def test_a_link_out_of_an_allowed_root_is_not_allowed(tmp_path):
+    from serving.models.adapters.guards import url_allowed
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "root" / "link").symlink_to(tmp_path / "outside")
+    assert not url_allowed(str(tmp_path / "root" / "link"), [str(tmp_path / "root")])
+    assert url_allowed(str(tmp_path / "root" / "link"), [str(tmp_path / "outside")])
+
+
+def test_under_sagemaker_links_in_its_own_layout_are_followed_lexically(tmp_path):
+    # SageMaker lays out /opt/ml/models itself; a link there may point elsewhere and is its own.
+    from serving.models.adapters.guards import url_allowed
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "models" / "m1").symlink_to(tmp_path / "store")
+    url, roots = str(tmp_path / "models" / "m1"), [str(tmp_path / "models")]
+    assert url_allowed(url, roots, resolve_links=False)
+    assert not url_allowed(str(tmp_path / "models" / ".." / "store"), roots, resolve_links=False)
+    assert not url_allowed(url, roots)

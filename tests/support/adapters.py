@@ -3,15 +3,18 @@ each, and merged-model references: for the multi-adapter engine's and the MME ro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from tests.support.apps import app_client
 from tests.support.equivalence import Agreement, GreedyOracle, GreedyPath, check
 
 TEXTS = [
@@ -21,6 +24,9 @@ TEXTS = [
     "#Person1#: Why was the delivery late again? #Person2#: The truck broke down near the bridge.",
 ]
 PARAMS = {"max_new_tokens": 12}
+# The credential of the /models admin routes outside SageMaker, and the header that sends it.
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @dataclass
@@ -29,6 +35,11 @@ class AdapterSet:
     adapters: dict[str, Path]      # good ones: a1, a2, a3 (seeds 1, 2, 3), k (k,o at r=4)
     adapters_dir: Path             # a1, a2, a3 as subdirectories (ADAPTERS_DIR)
     bad: dict[str, Path]           # broken in one way each
+
+    @property
+    def root(self) -> Path:
+        """The folder holding all of the above (what tests allow hot loads from)."""
+        return self.base.parent
 
 
 def build_adapter_set(root: Path) -> AdapterSet:
@@ -71,6 +82,18 @@ def build_adapter_set(root: Path) -> AdapterSet:
     bad["not_lora"] = clone("not_lora")
     edit_config(bad["not_lora"], peft_type="PREFIX_TUNING")
     return AdapterSet(base=base, adapters=adapters, adapters_dir=root / "adapters", bad=bad)
+
+
+@contextlib.contextmanager
+def admin_client(adapter_set: AdapterSet, **overrides: Any) -> Iterator[Any]:
+    """``app_client`` in multi-adapter mode as on Kubernetes: an ADMIN_TOKEN that the client
+    sends with every request, hot loads allowed from the adapter set's folder (unless the
+    overrides say otherwise)."""
+    overrides.setdefault("admin_token", ADMIN_TOKEN)
+    overrides.setdefault("adapter_url_allowlist", str(adapter_set.root))
+    with app_client(**overrides) as client:
+        client.headers.update(ADMIN)
+        yield client
 
 
 def tarball(directory: Path, out: Path) -> Path:

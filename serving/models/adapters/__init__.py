@@ -1,8 +1,9 @@
 """Many LoRA adapters (and extra full models) on one base: names, files, limits and accounting.
 
 ``naming`` says what a client may call an adapter and which headers choose one; ``locate``
-finds a load url's files; ``registry`` keeps what is resident (``resident``) within
-MAX_ADAPTERS and ADAPTER_MEMORY_MB (``memory``, ``weights``) and reports it (``metrics``);
+finds a load url's files; ``guards`` decides where a hot load may read from and what its client
+is told; ``registry`` keeps what is resident (``resident``) within MAX_ADAPTERS and
+ADAPTER_MEMORY_MB (``memory``, ``weights``) and reports it (``metrics``, ``listing``);
 ``pinning`` fixes each request's adapter at admission. The multi-adapter engine
 (serving/engines/multi_adapter.py) owns the registry and does the loading.
 """

@@ -11,7 +11,9 @@ One registry per multi-adapter server (the multi-adapter engine owns it). It
   ADAPTER_MEMORY_MB: over a limit it evicts the least recently used idle adapter (lru) or
   answers 507 (refuse; SageMaker multi-model endpoints unload one and retry);
 - counts the items queued or running per adapter, so an unload waits for them
-  (ADAPTER_UNLOAD_TIMEOUT_S) and items still queued afterwards fail with a clear 404.
+  (ADAPTER_UNLOAD_TIMEOUT_S) and items still queued afterwards fail with a clear 404;
+- runs hot loads (POST /models) one at a time (concurrent model loads corrupt transformers' global
+  state, and a room check must see the load before it), capped and guarded (``guards``).
 
 Registry state lives on the event loop; file reading, validation and weight injection run in
 threads (injection under the engine's lock, between two batches).
@@ -32,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from serving.models.adapters.errors import AdapterError
+from serving.models.adapters.guards import cache_in_use, check_url, delete_cache_entries, public_error
+from serving.models.adapters.listing import list_page
 from serving.models.adapters.locate import locate_model_dir
 from serving.models.adapters.memory import MEMORY_HEADROOM_BYTES, available_memory_bytes
 from serving.models.adapters.metrics import AdapterMetrics
@@ -39,14 +43,13 @@ from serving.models.adapters.naming import (ADAPTER_HEADER, BASE, ROUTE_MODEL_HE
                                             adapter_not_found, validate_name)
 from serving.models.adapters.resident import Resident
 from serving.models.adapters.weights import weight_file_bytes, weights_sha256
+from serving.models.source import NO_LIMIT, SizeLimit
 from serving.types import Item, ResidentKind, ResidentState
 
 if TYPE_CHECKING:  # pragma: no cover
     from serving.settings import Settings
 
 logger = logging.getLogger("t5serving.adapters")
-
-LIST_PAGE_SIZE = 100
 
 
 class AdapterHost(Protocol):
@@ -88,6 +91,9 @@ class AdapterRegistry:
         self.evict_lru = mode == "lru" or (mode == "auto" and not self.sagemaker)
         self.memory_budget = int(settings.adapter_memory_mb * 1024 * 1024)
         self.evictions = 0
+        self.hot_load_limit = SizeLimit(int(settings.adapter_download_max_mb * 2**20), settings.adapter_download_max_files)
+        # One hot load at a time, and cache deletion never during one (see the module docstring).
+        self._load_lock = asyncio.Lock()
 
     # -- lookups -----------------------------------------------------------------------------
     @property
@@ -193,8 +199,9 @@ class AdapterRegistry:
         return entry
 
     def _room_needed(self, size: int, exclude: Resident) -> list[Resident]:
-        """Entries to evict so that one more of ``size`` bytes fits; raises 507 if it cannot."""
-        others = [e for e in self.entries.values() if e is not exclude]
+        """Entries to evict so that one more of ``size`` bytes fits; raises 507 if it cannot.
+        Loads waiting for their turn hold nothing yet and do not count."""
+        others = [e for e in self.entries.values() if e is not exclude and e.state is not ResidentState.LOADING]
         count_over = len(others) + 1 - self.settings.max_adapters
         bytes_over = self.used_bytes - exclude.bytes + size - self.memory_budget
         if size > self.memory_budget:
@@ -227,10 +234,16 @@ class AdapterRegistry:
                                f"{available / 2**20:.0f} MiB of memory is available")
         return victims
 
-    def _locate_blocking(self, entry: Resident) -> tuple[Path, ResidentKind, int]:
-        path = locate_model_dir(entry.url, self.settings.model_cache_dir)
+    def _locate_blocking(self, entry: Resident, limit: SizeLimit = NO_LIMIT) -> tuple[Path, ResidentKind, int]:
+        path = locate_model_dir(entry.url, self.settings.model_cache_dir, limit, made=entry.cache_entries)
         kind = ResidentKind.ADAPTER if (path / "adapter_config.json").is_file() else ResidentKind.MODEL
         return path, kind, weight_file_bytes(path)
+
+    async def _delete_cache(self, entry: Resident) -> None:
+        """The cache entries ``entry``'s load made, deleted off the event loop (under the load lock)."""
+        if entry.cache_entries:
+            await asyncio.get_running_loop().run_in_executor(None, delete_cache_entries, entry, cache_in_use(
+                self.entries.values(), entry), self.settings.model_cache_dir)
 
     def _prepare_blocking(self, kind: ResidentKind, path: Path) -> tuple[dict[str, Any], int, Any]:
         details, size, payload = self.engine.prepare(kind, path)
@@ -278,38 +291,46 @@ class AdapterRegistry:
             entry.handle = self.engine.install(entry.internal, kind, payload)
         except BaseException as exc:
             self._fail(entry, exc)
+            delete_cache_entries(entry, cache_in_use(self.entries.values(), entry), self.settings.model_cache_dir)
             raise
         self._finish(entry, details, size, started)
         return entry
 
     async def load(self, name: str, url: str) -> Resident:
-        """POST /models: validate, make room (or 507), inject; the name answers 503 meanwhile."""
+        """POST /models: check the url, then, one load at a time: locate, validate, make room
+        (or 507), inject. The name answers 409 to another load and 503 to requests meanwhile."""
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
+        validate_name(name)
+        check_url(url, self.settings)
         entry = self._reserve(name, url)
         try:
-            path, kind, estimate = await loop.run_in_executor(None, self._locate_blocking, entry)
-            self._set_kind(entry, kind, path)
-            if kind is ResidentKind.MODEL:  # check before reading a whole model into memory
-                self._room_needed(estimate, entry)
-            details, size, payload = await loop.run_in_executor(None, self._prepare_blocking, kind, path)
-            victims = self._room_needed(size, entry)
-            for victim in victims:  # mark all first: none may admit new requests meanwhile
-                victim.state = ResidentState.UNLOADING
-            for victim in victims:
-                await self._drain_and_remove(victim, reason="evicted")
-            entry.handle = await loop.run_in_executor(None, self.engine.install, entry.internal, kind, payload)
-        except BaseException as exc:
-            self._fail(entry, exc)
-            if isinstance(exc, (AdapterError, asyncio.CancelledError)):
-                raise
-            status = getattr(exc, "status_code", None)
-            if isinstance(status, int) and 400 <= status < 600:
-                raise AdapterError(status, str(getattr(exc, "error", "invalid_model")), str(exc)) from None
-            logger.exception("loading %r from %s failed", name, url)
-            raise AdapterError(500, "model_load_failed",
-                               f"loading {name!r} failed: {exc.__class__.__name__}: {exc}") from None
-        self._finish(entry, details, size, started)
+            async with self._load_lock:
+                started = time.monotonic()
+                try:
+                    path, kind, estimate = await loop.run_in_executor(
+                        None, self._locate_blocking, entry, self.hot_load_limit)
+                    self._set_kind(entry, kind, path)
+                    if kind is ResidentKind.MODEL:  # check before reading a whole model into memory
+                        self._room_needed(estimate, entry)
+                    details, size, payload = await loop.run_in_executor(None, self._prepare_blocking, kind, path)
+                    victims = self._room_needed(size, entry)
+                    for victim in victims:  # mark all first: none may admit new requests meanwhile
+                        victim.state = ResidentState.UNLOADING
+                    for victim in victims:
+                        await self._drain_and_remove(victim, reason="evicted")
+                        await self._delete_cache(victim)
+                    entry.handle = await loop.run_in_executor(None, self.engine.install, entry.internal, kind, payload)
+                except BaseException as exc:
+                    self._fail(entry, exc)
+                    await self._delete_cache(entry)
+                    raise
+                self._finish(entry, details, size, started)  # accounted before the next load's room check
+        except asyncio.CancelledError:
+            if self.entries.get(name) is entry:  # cancelled while waiting for its turn
+                del self.entries[name]
+            raise
+        except Exception as exc:
+            raise public_error(entry, exc, self.settings.model_cache_dir) from None
         return entry
 
     # -- unload ------------------------------------------------------------------------------
@@ -322,6 +343,8 @@ class AdapterRegistry:
             raise AdapterError(409, "model_loading", f"model {name!r} is still loading; unload it after the load returns")
         entry.state = ResidentState.UNLOADING
         await self._drain_and_remove(entry, reason)
+        async with self._load_lock:  # a load in progress may be reading the same cache entry
+            await self._delete_cache(entry)
         return entry
 
     async def _drain_and_remove(self, entry: Resident, reason: str) -> None:
@@ -362,19 +385,9 @@ class AdapterRegistry:
             self.metrics.resident.set(len(self.entries))
             self.metrics.memory_total.set(self.used_bytes)
 
-    def list_page(self, token: str | None) -> dict[str, Any]:
-        """GET /models in SageMaker's shape, paginated with nextPageToken as an offset."""
-        try:
-            start = int(token) if token else 0
-        except ValueError:
-            raise AdapterError(400, "invalid_page_token", f"next_page_token {token!r} is not one this server issued") from None
-        ready = [e for e in self.entries.values() if e.state is ResidentState.READY]
-        ready.sort(key=lambda e: e.name)
-        page = ready[start:start + LIST_PAGE_SIZE]
-        body: dict[str, Any] = {"models": [{"modelName": e.name, "modelUrl": e.url} for e in page]}
-        if start + LIST_PAGE_SIZE < len(ready):
-            body["nextPageToken"] = str(start + LIST_PAGE_SIZE)
-        return body
+    def list_page(self, token: str | None, limit: str | None = None) -> dict[str, Any]:
+        """GET /models (serving/models/adapters/listing.py)."""
+        return list_page(self.entries.values(), token, limit)
 
     def info(self) -> dict[str, Any]:
         s = self.settings

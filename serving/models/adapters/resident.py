@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from serving.types import ResidentKind, ResidentState
@@ -28,6 +29,7 @@ class Resident:
     details: dict[str, Any] = field(default_factory=dict)
     idle: asyncio.Event | None = None
     handle: Any = None             # engine's own object (a full model's model dict)
+    cache_entries: list[Path] = field(default_factory=list)  # MODEL_CACHE_DIR entries its load made
 
     def public(self) -> dict[str, Any]:
         """What GET /models/{name} and /info show."""
