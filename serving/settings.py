@@ -136,10 +136,11 @@ class Settings:
         "longer, so each row's time per token grows.", minimum=1, maximum=1024)
     max_tokens_in_flight: int = _knob(
         "MAX_TOKENS_IN_FLIGHT", 16384,
-        "SCHEDULER=continuous: tokens the running rows may hold, counted as input tokens + "
-        "max_new_tokens per row, reserved when a row joins. Bounds the attention cache (about "
-        "72 KB per token for FLAN-T5-base in fp32, so the default is up to ~1.2 GB) and the "
-        "length of a step; rows that do not fit wait. A row larger than the budget runs alone.",
+        "Tokens the attention caches may hold at once, counted per item as beams x (input "
+        "tokens + max_new_tokens) and reserved when it starts decoding (a request-level batch "
+        "counts padded). Bounds memory (about 72 KB per token for FLAN-T5-base in fp32: the "
+        "default is ~1.2 GB) and the length of a step; work that does not fit waits, and an "
+        "item that could never fit is refused with 400 too_costly.",
         minimum=1)
     join_policy: str = _knob(
         "JOIN_POLICY", "eager",
@@ -312,6 +313,10 @@ class Settings:
         if token is not None and (len(token) < ADMIN_TOKEN_MIN_LENGTH or token != token.strip()):
             raise SettingsError(f"ADMIN_TOKEN is not valid: it must be at least {ADMIN_TOKEN_MIN_LENGTH} "
                                 "characters without surrounding spaces (e.g. `openssl rand -hex 32`)")
+        from serving.settings_checks import contradictions
+
+        if found := contradictions(self):
+            raise SettingsError("settings contradict each other:\n- " + "\n- ".join(found))
 
     def as_environment(self) -> dict[str, str]:
         """Every set knob as its environment variable. The model script reads some of them

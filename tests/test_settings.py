@@ -21,9 +21,9 @@ def test_precedence_default_file_env_flag(tmp_path):
     config = tmp_path / "serving.yaml"
     config.write_text("max_batch_size: 8\nMAX_BATCH_DELAY_MS: 5\nwarmup: false\nmax_queue_size: 10\n")
     settings, sources = load_settings_with_sources({"MAX_BATCH_SIZE": "12", "MAX_QUEUE_SIZE": "20"},
-                                                   config_file=config, max_queue_size=30)
+                                                   config_file=config, max_queue_size=48)
     assert (settings.max_batch_size, settings.max_batch_delay_ms, settings.warmup, settings.max_queue_size) == \
-        (12, 5.0, False, 30)
+        (12, 5.0, False, 48)
     assert sources["max_batch_size"] == "env MAX_BATCH_SIZE"
     assert sources["max_batch_delay_ms"] == f"file {config}"
     assert sources["max_queue_size"] == "command line"
@@ -121,3 +121,31 @@ def test_hot_load_allowlist_defaults():
     assert allowed_roots(load_settings({"ADAPTER_URL_ALLOWLIST": " /srv/a, s3://b/x ,", "ADAPTERS_DIR": "/other"})
                          ) == ("/srv/a", "s3://b/x")
     assert allowed_roots(load_settings({"ADAPTER_URL_ALLOWLIST": ""})) == ()
+
+
+@pytest.mark.parametrize("environ,names", [
+    ({"MAX_QUEUE_SIZE": "8", "MAX_ITEMS_PER_REQUEST": "32"}, ["MAX_QUEUE_SIZE=8", "MAX_ITEMS_PER_REQUEST=32"]),
+    ({"DEFAULT_MAX_NEW_TOKENS": "600"}, ["DEFAULT_MAX_NEW_TOKENS=600", "MAX_NEW_TOKENS_LIMIT=512"]),
+    ({"MAX_TOKENS_IN_FLIGHT": "600"}, ["MAX_TOKENS_IN_FLIGHT=600", "= 640"]),
+    ({"SCHEDULER": "continuous", "ENGINE": "ctranslate2"}, ["SCHEDULER=continuous", "ENGINE=ctranslate2"]),
+])
+def test_settings_that_contradict_each_other_stop_the_start(environ, names):
+    with pytest.raises(SettingsError, match="contradict") as info:
+        load_settings(environ)
+    for name in names:
+        assert name in str(info.value)
+
+
+def test_every_contradiction_is_reported_at_once():
+    with pytest.raises(SettingsError) as info:
+        load_settings({"MAX_QUEUE_SIZE": "1", "DEFAULT_MAX_NEW_TOKENS": "600"})
+    assert str(info.value).count("\n- ") == 2  # the queue and the default length, in one message
+
+
+
+def test_serve_stops_on_contradicting_settings_with_the_message(monkeypatch, capsys):
+    from serving.cli import serve_main
+
+    monkeypatch.setenv("MAX_QUEUE_SIZE", "4")
+    assert serve_main(["--print-config"]) == 2
+    assert "MAX_QUEUE_SIZE=4 is below MAX_ITEMS_PER_REQUEST=32" in capsys.readouterr().err

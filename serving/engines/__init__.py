@@ -18,6 +18,10 @@ __all__ = ["Engine", "ScriptEngine", "create_engine", "parameters_key"]
 
 def create_engine(engine_name: str, handlers: Handlers, model_dir: str, settings: Settings | None = None) -> Engine:
     """The engine named by ENGINE (the torch engine turns multi-adapter when the settings ask)."""
+    if engine_name == "torch":
+        from serving.engines.stopping import install
+
+        install()  # whole generate calls stop once nobody waits for them (stopping.py)
     if engine_name == "torch" and settings is not None and settings.multi_adapter_enabled:
         from serving.engines.multi_adapter import MultiAdapterEngine
 

@@ -25,7 +25,8 @@ from serving.errors import ServingError, client_error_from, error_response
 from serving.http.runtime import Runtime
 from serving.models.adapters import pin_request_adapters
 from serving.scheduling import ClientGoneError, DeadlineExceededError, DrainingError, QueueFullError
-from serving.types import DropReason, RejectReason, ServerStatus
+from serving.scheduling.work import decoding_rows, item_cost
+from serving.types import DropReason, Item, RejectReason, ServerStatus
 
 logger = logging.getLogger("t5serving.app")
 access_log = logging.getLogger("t5serving.access")
@@ -78,6 +79,21 @@ def call_hook(hook: Callable[..., Any], *args: Any, value_errors_are_client: boo
         if mapped is None:
             raise
         raise mapped from None
+
+
+def decoding_costs(items: list[Item], tokens: list[int], default_new_tokens: int,
+                   budget: int) -> list[int]:
+    """Each item's item_cost(); 400 for one that could never fit MAX_TOKENS_IN_FLIGHT, since
+    waiting would not help it and running it anyway could take the pod's memory."""
+    costs = [item_cost(item, n, default_new_tokens) for item, n in zip(items, tokens, strict=True)]
+    for index, (item, n, cost) in enumerate(zip(items, tokens, costs, strict=True)):
+        if cost > budget:
+            rows = decoding_rows(item)
+            raise ServingError(400, "too_costly",
+                               f"dialogue {index} needs {cost} tokens of decoding memory ({rows} beam(s) x "
+                               f"({n} input + {cost // rows - n} new tokens)); the limit is {budget} "
+                               "(MAX_TOKENS_IN_FLIGHT): lower num_beams or max_new_tokens, or shorten the dialogue")
+    return costs
 
 
 async def handle(runtime: Runtime, request: Request) -> Response:
@@ -133,9 +149,10 @@ async def invoke(runtime: Runtime, request: Request, request_id: str, arrived: f
             raise ServingError(400, "input_too_long",
                                f"dialogue {index} is {n} tokens; the limit is {settings.max_input_tokens} "
                                "(MAX_INPUT_TOKENS): shorten it or split it into parts")
+    costs = decoding_costs(items, tokens, settings.default_max_new_tokens, settings.max_tokens_in_flight)
     deadline = arrived + settings.request_timeout_s
     try:
-        work = batcher.submit(items, tokens, request_id, deadline)
+        work = batcher.submit(items, tokens, request_id, deadline, costs)
     except QueueFullError as exc:
         runtime.metrics.rejected.labels(RejectReason.QUEUE_FULL).inc()
         raise ServingError(503, "queue_full", f"the server is at capacity ({exc}); retry after a moment",

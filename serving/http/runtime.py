@@ -163,7 +163,8 @@ class Runtime:
         else:
             self.batcher = Batcher(self.engine, self.metrics, max_batch_size=s.max_batch_size,
                                    max_batch_tokens=s.max_batch_tokens, max_batch_delay_ms=s.max_batch_delay_ms,
-                                   max_queue_size=s.max_queue_size, length_aware=s.length_aware_batching)
+                                   max_queue_size=s.max_queue_size, length_aware=s.length_aware_batching,
+                                   max_tokens_in_flight=s.max_tokens_in_flight)
         self.engine.bind_metrics(self.metrics)
         self.batcher.start()
         if self.state.status is ServerStatus.LOADING:

@@ -30,7 +30,7 @@ from typing import Any
 from serving.engines.base import Engine
 from serving.metrics import Metrics
 from serving.scheduling.errors import ClientGoneError, DeadlineExceededError, DrainingError, QueueFullError
-from serving.scheduling.work import WorkItem
+from serving.scheduling.work import WorkItem, generate_while_wanted
 from serving.threads import DaemonExecutor
 from serving.types import DropReason, Item
 
@@ -41,11 +41,13 @@ class Batcher:
     """The queue between requests and the engine; one batch loop task, one engine thread."""
 
     def __init__(self, engine: Engine, metrics: Metrics, *, max_batch_size: int, max_batch_tokens: int,
-                 max_batch_delay_ms: float, max_queue_size: int, length_aware: bool = True) -> None:
+                 max_batch_delay_ms: float, max_queue_size: int, length_aware: bool = True,
+                 max_tokens_in_flight: int | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.max_tokens_in_flight = max_tokens_in_flight or 2**62
         self.max_delay = max_batch_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self.length_aware = length_aware
@@ -72,16 +74,17 @@ class Batcher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
     def submit(self, items: Sequence[Item], tokens: Sequence[int], request_id: str,
-               deadline: float) -> list[WorkItem]:
-        """Queue all of a request's items, or none of them."""
+               deadline: float, costs: Sequence[int] | None = None) -> list[WorkItem]:
+        """Queue all of a request's items, or none of them. ``costs``: each item's item_cost()
+        (computed from the item when not given)."""
         if not self._accepting:
             raise DrainingError("the server is shutting down")
         if len(self._pending) + len(items) > self.max_queue_size:
             raise QueueFullError(f"{len(self._pending)} items are queued (limit {self.max_queue_size})")
         loop = asyncio.get_running_loop()
         work = [WorkItem(item=item, tokens=n, group=self.engine.batch_key(item), deadline=deadline,
-                         request_id=request_id, future=loop.create_future())
-                for item, n in zip(items, tokens, strict=True)]
+                         request_id=request_id, future=loop.create_future(), cost=cost)
+                for item, n, cost in zip(items, tokens, costs or [-1] * len(items), strict=True)]
         self._pending.extend(work)
         self._idle.clear()
         self.metrics.queue_depth.set(len(self._pending))
@@ -100,6 +103,7 @@ class Batcher:
         error = ClientGoneError("client disconnected") if reason is DropReason.CLIENT_GONE else \
             DeadlineExceededError("deadline passed while queued")
         for w in work:
+            w.cancelled = w.cancelled or reason  # a batch computing it stops once all its items are
             if not w.future.done():
                 w.future.set_exception(error)
                 w.future.exception()  # mark retrieved: nobody may await it any more
@@ -138,8 +142,15 @@ class Batcher:
     def _padded(self, items: Sequence[WorkItem]) -> int:
         return max(w.tokens for w in items) * len(items) if items else 0
 
+    def _fits(self, items: Sequence[WorkItem]) -> bool:
+        """Within MAX_BATCH_SIZE, MAX_BATCH_TOKENS (padded inputs) and MAX_TOKENS_IN_FLIGHT: a
+        batch shares one set of parameters and is padded to its longest item, so every item
+        costs what the costliest does."""
+        return (len(items) <= self.max_batch_size and self._padded(items) <= self.max_batch_tokens
+                and max(w.cost for w in items) * len(items) <= self.max_tokens_in_flight)
+
     def _group_is_full(self, group: Sequence[WorkItem]) -> bool:
-        return len(group) >= self.max_batch_size or self._padded(group) >= self.max_batch_tokens
+        return not self._fits(group)
 
     def select_batch(self) -> list[WorkItem]:
         """The oldest item plus its nearest neighbours in length, within the size/token limits."""
@@ -148,16 +159,13 @@ class Batcher:
             return self._select_in_arrival_order(oldest.group)
         group = sorted((w for w in self._pending if w.group == oldest.group), key=lambda w: w.tokens)
         lo = hi = group.index(oldest)
-        longest = oldest.tokens
         while hi - lo + 1 < self.max_batch_size:
-            size = hi - lo + 2
             neighbours = [(side, group[i]) for side, i in (("left", lo - 1), ("right", hi + 1))
-                          if 0 <= i < len(group) and max(longest, group[i].tokens) * size <= self.max_batch_tokens]
+                          if 0 <= i < len(group) and self._fits([*group[lo:hi + 1], group[i]])]
             if not neighbours:
                 break
             # The neighbour closest in length to the oldest item adds the least padding.
             side, chosen = min(neighbours, key=lambda n: abs(n[1].tokens - oldest.tokens))
-            longest = max(longest, chosen.tokens)
             if side == "left":
                 lo -= 1
             else:
@@ -169,7 +177,7 @@ class Batcher:
         for w in self._pending:
             if w.group != group_key:
                 continue
-            if batch and (len(batch) >= self.max_batch_size or self._padded([*batch, w]) > self.max_batch_tokens):
+            if batch and not self._fits([*batch, w]):
                 break
             batch.append(w)
         return batch
@@ -232,7 +240,7 @@ class Batcher:
         self.busy_since = start
         self._running = batch
         try:
-            results = await self._generate(loop, [w.item for w in batch])
+            results = await self._generate(loop, batch)
         finally:
             self.busy_since = None
             self._running = []
@@ -254,17 +262,17 @@ class Batcher:
                 w.future.set_result(result)
         self._settle_idle()
 
-    async def _generate(self, loop: asyncio.AbstractEventLoop, items: list[Item]) -> list[Any]:
+    async def _generate(self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem]) -> list[Any]:
         try:
-            results = await loop.run_in_executor(self._executor, self.engine.generate, items)
-            if len(results) != len(items):
-                raise RuntimeError(f"engine returned {len(results)} results for {len(items)} items")
+            results = await loop.run_in_executor(self._executor, generate_while_wanted, self.engine, batch)
+            if len(results) != len(batch):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} items")
             return results
         except Exception as exc:
-            if len(items) == 1:
+            if len(batch) == 1:
                 return [exc]
-            logger.warning("batch of %d failed (%s); retrying its items one by one", len(items), exc)
+            logger.warning("batch of %d failed (%s); retrying its items one by one", len(batch), exc)
         isolated: list[Any] = []
-        for item in items:
-            isolated.extend(await self._generate(loop, [item]))
+        for w in batch:
+            isolated.extend(await self._generate(loop, [w]))
         return isolated

@@ -9,10 +9,9 @@ dialogue does not pad short ones; run one decode step for every running row. Eac
 its own generation parameters, so requests with different max_new_tokens, sampling settings or
 penalties share every step.
 
-Beam search, and rows the decoder does not take (a full model beside the shared base), still run
-as whole ``generate`` batches, between two steps; the running rows wait meanwhile. The public
-surface is the request-level :class:`~serving.scheduling.batcher.Batcher`'s, so the HTTP layer
-does not care which scheduler it talks to. docs/batching.md pictures a row's life.
+Beam search, and rows the decoder does not take (a full model beside the shared base), run as
+whole ``generate`` batches between two steps, within the tokens the running rows leave free. The
+public surface is the request-level Batcher's. docs/batching.md pictures a row's life.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import Any
 from serving.engines.base import Engine, IterativeDecoder
 from serving.metrics import Metrics
 from serving.scheduling.errors import ClientGoneError, DeadlineExceededError, DrainingError, QueueFullError
-from serving.scheduling.work import WorkItem
+from serving.scheduling.work import WorkItem, generate_isolating
 from serving.threads import in_daemon_thread
 from serving.types import DropReason, Item
 
@@ -85,8 +84,9 @@ class ContinuousBatcher:
             self._thread.start()
 
     def submit(self, items: Sequence[Item], tokens: Sequence[int], request_id: str,
-               deadline: float) -> list[WorkItem]:
-        """Queue all of a request's items, or none of them."""
+               deadline: float, costs: Sequence[int] | None = None) -> list[WorkItem]:
+        """Queue all of a request's items, or none of them. ``costs``: each item's item_cost()
+        (computed from the item when not given)."""
         if not self._accepting:
             raise DrainingError("the server is shutting down")
         loop = asyncio.get_running_loop()
@@ -94,8 +94,8 @@ class ContinuousBatcher:
             if len(self._pending) + len(items) > self.max_queue_size:
                 raise QueueFullError(f"{len(self._pending)} items are queued (limit {self.max_queue_size})")
             work = [WorkItem(item=item, tokens=n, group=self.engine.batch_key(item), deadline=deadline,
-                             request_id=request_id, future=loop.create_future())
-                    for item, n in zip(items, tokens, strict=True)]
+                             request_id=request_id, future=loop.create_future(), cost=cost)
+                    for item, n, cost in zip(items, tokens, costs or [-1] * len(items), strict=True)]
             self._pending.extend(work)
             self.metrics.queue_depth.set(len(self._pending))
             self._lock.notify()
@@ -196,7 +196,7 @@ class ContinuousBatcher:
             if wait > 0 and len(self._pending) < free:
                 return [], [], wait if not self._running else 0.0
         if not self.decoder.accepts(oldest.item):
-            lane = [w for w in self._pending if w.group == oldest.group][: self.max_lane_batch]
+            lane = self._lane_batch(oldest)  # empty: it waits for tokens to free; nothing overtakes it
             self._pending = [w for w in self._pending if w not in lane]
             self.metrics.queue_depth.set(len(self._pending))
             return [], lane, 0.0
@@ -217,6 +217,21 @@ class ContinuousBatcher:
             self._pending = [w for w in self._pending if id(w) not in chosen]
             self.metrics.queue_depth.set(len(self._pending))
         return joiners, [], 0.0
+
+    def _lane_batch(self, oldest: WorkItem) -> list[WorkItem]:
+        """The oldest item's whole-generate batch: its group, in order, within the tokens the
+        running rows leave free (the batch is padded, so each item costs the costliest's)."""
+        free = self.max_tokens_in_flight - self._reserved
+        lane: list[WorkItem] = []
+        for w in self._pending:
+            if w.group != oldest.group:
+                continue
+            if len(lane) >= self.max_lane_batch or max(x.cost for x in [*lane, w]) * (len(lane) + 1) > free:
+                break
+            lane.append(w)
+        if not lane and not self._running:
+            lane = [oldest]  # over the whole budget (admission refuses those): alone
+        return lane
 
     def _iterate(self, joiners: list[WorkItem], lane: list[WorkItem]) -> None:
         left = self._drop_gone()
@@ -341,17 +356,7 @@ class ContinuousBatcher:
         one by one if it fails, as the request-level batcher does."""
         started = self.busy_since = time.monotonic()
         try:
-            results: list[Any] = list(self.engine.generate([w.item for w in lane]))
-            if len(results) != len(lane):
-                raise RuntimeError(f"engine returned {len(results)} results for {len(lane)} items")
-        except Exception as exc:
-            self.busy_since = None
-            if len(lane) == 1:
-                self._resolve(lane[0], exc)
-            else:
-                for w in lane:
-                    self._run_lane([w])
-            return
+            results = generate_isolating(self.engine, lane)
         finally:
             self.busy_since = None
         elapsed = time.monotonic() - started

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.types import DropReason, Item
+from serving.engines.base import Engine
+from serving.engines.stopping import stop_when
+from serving.types import DropReason, Item, Prediction
 
 
 @dataclass(eq=False)
@@ -26,8 +29,59 @@ class WorkItem:
     compute: float = 0.0            # seconds of compute it took part in
     cancelled: DropReason | None = None   # set by the event loop; the worker drops it at the next step
     row: Any = field(default=None, repr=False)   # the engine's decoding state (continuous scheduler)
+    cost: int = -1                  # item_cost(); computed from the item when not given
 
-    @property
-    def cost(self) -> int:
-        """Tokens it holds while decoding: its input and every token it may generate."""
-        return self.tokens + int(self.item.get("parameters", {}).get("max_new_tokens", 0))
+    def __post_init__(self) -> None:
+        if self.cost < 0:
+            self.cost = item_cost(self.item, self.tokens)
+
+
+def _positive_int(value: Any, fallback: int) -> int:
+    try:
+        return max(fallback if value is None else int(value), 0)
+    except (TypeError, ValueError):  # a custom input_fn's own parameter types
+        return fallback
+
+
+def decoding_rows(item: Item) -> int:
+    """Sequences decoded for the item: one per beam (and per returned sequence)."""
+    parameters = item.get("parameters") or {}
+    return max(1, _positive_int(parameters.get("num_beams"), 1)) * \
+        max(1, _positive_int(parameters.get("num_return_sequences"), 1))
+
+
+def item_cost(item: Item, tokens: int, default_new_tokens: int = 0) -> int:
+    """Tokens the item holds in the attention caches while it decodes (MAX_TOKENS_IN_FLIGHT):
+    every row (beam) keeps its input for cross-attention and each token it may generate for
+    self-attention, so rows x (input + max_new_tokens). Memory grows with it linearly (about
+    72 KB per token for FLAN-T5-base in fp32), and so does the time of each decode step."""
+    parameters = item.get("parameters") or {}
+    new_tokens = _positive_int(parameters.get("max_new_tokens"), default_new_tokens)
+    return decoding_rows(item) * (tokens + new_tokens)
+
+
+def no_longer_wanted(batch: Sequence[WorkItem]) -> bool:
+    """Every item's client has its answer already (cancelled, or past its deadline)."""
+    now = time.monotonic()
+    return all(w.cancelled is not None or w.deadline <= now for w in batch)
+
+
+def generate_while_wanted(engine: Engine, batch: list[WorkItem]) -> list[Prediction | BaseException]:
+    """One whole generate call for the batch (in the engine's thread) that stops early once
+    nobody waits for any of its items (engines/stopping.py)."""
+    with stop_when(lambda: no_longer_wanted(batch)):
+        return engine.generate([w.item for w in batch])
+
+
+def generate_isolating(engine: Engine, batch: list[WorkItem]) -> list[Any]:
+    """generate_while_wanted; if the call fails, each item alone, so that only the item that
+    breaks it gets an exception (in its place in the list)."""
+    try:
+        results = list(generate_while_wanted(engine, batch))
+        if len(results) != len(batch):
+            raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} items")
+        return results
+    except Exception as exc:
+        if len(batch) == 1:
+            return [exc]
+    return [result for w in batch for result in generate_isolating(engine, [w])]

@@ -4,6 +4,7 @@ an upper bound (never an underestimate) when that hook cannot read the model."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
 import pytest
@@ -62,3 +63,31 @@ def test_max_input_tokens_holds_with_the_bound(text, status):
     assert response.status_code == status, response.text
     if status == 400:
         assert response.json()["error"] == "input_too_long"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parameters", [{"num_beams": 4}, {"do_sample": True, "seed": 3}, {}])
+def test_stop_when_cuts_the_default_predict_fn_at_the_next_step(tiny_adapter_dir, parameters):
+    """engines/stopping.py reaches generate through the image's own predict_fn without its help:
+    the call returns after the step at which the check turns true, whatever the decoding."""
+    from serving.engines import create_engine
+    from serving.engines.stopping import stop_when
+
+    handlers = load_handlers(None)  # the image's own code/inference.py
+    body = {"inputs": "#Person1#: Shall we stop early? #Person2#: Yes.",
+            "parameters": {"max_new_tokens": 64, "min_new_tokens": 64, **parameters}}
+    item = handlers.input_fn(json.dumps(body).encode(), "application/json")[0]
+    engine = create_engine("torch", handlers, str(tiny_adapter_dir))
+    engine.load()
+    assert engine.generate([item])[0]["output_tokens"] == 64
+    checks = 0
+
+    def after_five() -> bool:
+        nonlocal checks
+        checks += 1
+        return checks > 5
+
+    with stop_when(after_five):
+        cut = engine.generate([item])[0]
+    assert cut["output_tokens"] <= 6, cut
+    assert engine.generate([item])[0]["output_tokens"] == 64  # outside the block nothing is added

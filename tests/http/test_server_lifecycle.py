@@ -126,7 +126,8 @@ def test_poisoned_item_does_not_fail_its_batch_neighbours(scripted_model, tmp_pa
 
 
 def test_full_queue_gives_503_with_retry_after(scripted_model, tmp_path):
-    settings = env(TEST_PREDICT_DELAY_S=1.5, MAX_QUEUE_SIZE=2, MAX_BATCH_SIZE=1, MAX_BATCH_DELAY_MS=0)
+    settings = env(TEST_PREDICT_DELAY_S=1.5, MAX_QUEUE_SIZE=2, MAX_ITEMS_PER_REQUEST=2, MAX_BATCH_SIZE=1,
+                   MAX_BATCH_DELAY_MS=0)
     with running_server(scripted_model, tmp_path, settings) as server:
         with ThreadPoolExecutor(6) as pool:
             responses = list(pool.map(lambda i: post(server.url, f"#Person1#: request {i}"), range(6)))

@@ -110,6 +110,49 @@ def test_token_budget_bounds_padded_batch_tokens():
     assert run(scenario()) == (3, 1)  # 3 x 100 padded tokens fit in 300; an oversized item still runs alone
 
 
+def test_decoding_budget_counts_beams_and_new_tokens():
+    """MAX_TOKENS_IN_FLIGHT: beams x (input + max_new_tokens), padded, bounds a batch that the
+    input-token budget alone would let grow (16 x 500 tokens x 8 beams took 6.4 GiB)."""
+    async def scenario():
+        batcher = make(RecordingEngine(), max_batch_size=16, max_batch_tokens=100_000, max_tokens_in_flight=20_000)
+        await submit_all(batcher, ["x" * 500] * 16, {"num_beams": 8, "max_new_tokens": 128})
+        beams = batcher.select_batch()
+        greedy = make(RecordingEngine(), max_batch_size=16, max_batch_tokens=100_000, max_tokens_in_flight=20_000)
+        await submit_all(greedy, ["x" * 500] * 16, {"max_new_tokens": 128})
+        return len(beams), beams[0].cost, len(greedy.select_batch())
+
+    # 8 x (500 + 128) = 5024 tokens each: three fit in 20 000; greedy rows cost 628: all 16 do.
+    assert run(scenario()) == (3, 5024, 16)
+
+
+def test_a_whole_generate_call_stops_once_no_item_is_wanted():
+    """The engine's generate sees stop_requested() turn true when every item of its call is past
+    its deadline, so a long call does not hold the engine after its clients got their 504."""
+    from serving.engines.stopping import stop_requested
+
+    class Endless(RecordingEngine):
+        def generate(self, items):
+            self.computing.set()
+            started = time.monotonic()
+            while not stop_requested() and time.monotonic() - started < 30:
+                time.sleep(0.005)
+            self.stopped_after = time.monotonic() - started
+            return [{"summary": "", "output_tokens": 0} for _ in items]
+
+    async def scenario():
+        engine = Endless()
+        batcher = make(engine, max_batch_delay_ms=0)
+        batcher.start()
+        work = await submit_all(batcher, ["a", "b"], deadline=time.monotonic() + 0.3)
+        results = await asyncio.gather(*(w.future for w in work), return_exceptions=True)
+        await batcher.drain(30)
+        await batcher.stop()
+        return engine, results
+
+    engine, results = run(scenario())
+    assert 0.2 < engine.stopped_after < 5, engine.stopped_after
+
+
 def test_queue_bound_is_all_or_nothing():
     async def scenario():
         batcher = make(RecordingEngine(), max_queue_size=3)

@@ -292,3 +292,33 @@ def test_stop_fails_what_is_still_running():
             await running.future
 
     asyncio.run(scenario())
+
+
+def test_beam_search_waits_for_running_rows_to_free_their_tokens():
+    """A whole-generate batch counts against MAX_TOKENS_IN_FLIGHT beside the running rows: it
+    waits until they leave room, and rows queued behind it do not overtake it."""
+    async def scenario():
+        decoder = FakeDecoder(step_delay=0.002)
+        batcher = make(decoder, max_tokens_in_flight=100)
+        steps_at_generate: list[int] = []
+        generate = batcher.engine.generate
+
+        def recording(items):
+            steps_at_generate.append(len(decoder.steps))
+            return generate(items)
+
+        batcher.engine.generate = recording  # type: ignore[method-assign]
+        batcher.start()
+        running = submit(batcher, "running", tokens=50, max_new_tokens=40)   # holds 90 of 100
+        while not decoder.steps:
+            await asyncio.sleep(0.001)
+        beams = submit(batcher, "beams", tokens=20, num_beams=2)              # 2 x (20 + 4) = 48
+        behind = submit(batcher, "behind", tokens=1, max_new_tokens=1)        # 5 would fit; waits
+        await asyncio.gather(running.future, beams.future, behind.future)
+        await batcher.stop()
+        return decoder, steps_at_generate, beams
+
+    decoder, steps_at_generate, beams = asyncio.run(scenario())
+    assert beams.cost == 48
+    assert steps_at_generate == [40]                     # after the running row's 40th and last step
+    assert decoder.joins == [["running"], ["behind"]]    # behind joined after the beams ran

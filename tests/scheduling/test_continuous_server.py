@@ -77,3 +77,21 @@ def test_a_request_past_its_deadline_stops_costing_compute(tiny_adapter_dir):
         assert steps < 512
         text = client.get("/metrics").text
     assert metric_value(text, "t5serving_expired_items_total", {"reason": "deadline"}) == 1
+
+
+@pytest.mark.parametrize("scheduler", ["continuous", "request"])
+def test_a_whole_generate_call_past_its_deadline_stops_early(tiny_adapter_dir, scheduler):
+    """Beam search runs as whole generate calls (the continuous scheduler's lane, or every batch
+    with SCHEDULER=request): once no item in the call is wanted, generate stops at its next step
+    instead of holding the engine to its 512th token (engines/stopping.py)."""
+    forced = {"max_new_tokens": 512, "min_new_tokens": 512, "num_beams": 8}
+    body = {"inputs": [dialogue(40 + i, turns=8) for i in range(8)], "parameters": forced}
+    with app_client(model_dir=str(tiny_adapter_dir), request_timeout_s=0.5, max_new_tokens_limit=512,
+                    max_tokens_in_flight=10**6, scheduler=scheduler) as client:
+        r = client.post("/invocations", json=body)
+        assert r.status_code == 504 and r.json()["error"] == "deadline_exceeded"
+        # The call returns soon after the deadline, with cut outputs nobody reads.
+        wait_until(lambda: metric_value(client.get("/metrics").text, "t5serving_output_tokens_total") > 0,
+                   timeout=20, message="the generate call returned")
+        generated = metric_value(client.get("/metrics").text, "t5serving_output_tokens_total")
+    assert 0 < generated < 8 * 512 / 2, generated

@@ -36,7 +36,8 @@ def router(runtime: Runtime) -> APIRouter:
                          "length_aware_batching": s.length_aware_batching,
                          "request_timeout_s": s.request_timeout_s},
             "limits": {"max_payload_mb": s.max_payload_mb, "max_items_per_request": s.max_items_per_request,
-                       "max_input_tokens": s.max_input_tokens},
+                       "max_input_tokens": s.max_input_tokens, "max_new_tokens": s.max_new_tokens_limit,
+                       "max_tokens_in_flight": s.max_tokens_in_flight},
             "adapters": registry.info() if registry is not None else None,
         }, headers={"Cache-Control": "no-store"})
 
