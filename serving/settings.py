@@ -85,6 +85,40 @@ class Settings:
         "512; longer inputs cost quadratic attention time and pad every batch they join.",
         minimum=1)
 
+    max_chars_per_token: int = _knob(
+        "MAX_CHARS_PER_TOKEN", 16,
+        "A dialogue longer than (MAX_INPUT_TOKENS + 1) x this many characters is judged by that many first "
+        "characters: tokenizing 5 MB takes seconds of CPU, 8 KB milliseconds. Real dialogue runs about 4 "
+        "characters per token; a longer text that is still within MAX_INPUT_TOKENS (mostly whitespace) is "
+        "refused (400), or cut there with truncation.", minimum=2, maximum=1024)
+    truncate_input: bool = _knob(
+        "TRUNCATE_INPUT", False,
+        "Cut dialogues over MAX_INPUT_TOKENS to their first MAX_INPUT_TOKENS tokens instead of answering 400. "
+        "A request's \"truncate\" (or \"truncation\") parameter overrides it. Off, a client learns that its "
+        "text was too long instead of getting a summary of its beginning.")
+    response_format: str = _knob(
+        "RESPONSE_FORMAT", "summaries",
+        "Response shape: summaries is {\"summaries\": [...]}; huggingface is [{\"summary_text\": ...}] and "
+        "generated_text [{\"generated_text\": ...}], what Hugging Face's SageMaker containers (inference "
+        "toolkit, TGI) answer, so their clients work unchanged. A request's \"response_format\" overrides it.",
+        choices=("summaries", "huggingface", "generated_text"))
+    payload_discard_mb: float = _knob(
+        "PAYLOAD_DISCARD_MB", 64.0,
+        "A body that is refused before it is read (413, 503, 404...) is still read and thrown away up to "
+        "this size before the answer: clients that write the whole body before reading (urllib, boto3) "
+        "otherwise get a connection reset instead of the error. Larger bodies are cut off. Costs network "
+        "and a little CPU, no memory.", minimum=0)
+    admission_threads: int = _knob(
+        "ADMISSION_THREADS", 2,
+        "Threads that parse bodies and count tokens, off the event loop, so that /ping and /health/live "
+        "answer while 5 MB bodies are parsed. More admit bursts of large bodies faster but take CPU from "
+        "the model; requests beyond them wait, within ADMISSION_BACKLOG_MB.", minimum=1, maximum=64)
+    admission_backlog_mb: float = _knob(
+        "ADMISSION_BACKLOG_MB", 64.0,
+        "Request bodies being parsed or waiting for an admission thread, in total. Beyond it requests get "
+        "503 with Retry-After at once: it bounds the memory a flood of large bodies can hold. A request "
+        "always fits when no other is being admitted.", minimum=0)
+
     max_new_tokens_limit: int = _knob(
         "MAX_NEW_TOKENS_LIMIT", 512,
         "Largest max_new_tokens a request may ask for (400 above it). Generation time grows "
@@ -232,6 +266,14 @@ class Settings:
     @property
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 1024 * 1024)
+
+    @property
+    def payload_discard_bytes(self) -> int:
+        return int(self.payload_discard_mb * 1024 * 1024)
+
+    @property
+    def admission_backlog_bytes(self) -> int:
+        return int(self.admission_backlog_mb * 1024 * 1024)
 
     def resolved_model_location(self) -> str:
         """The model to serve: MODEL_DIR, else /opt/ml/model if present, else the hub id."""

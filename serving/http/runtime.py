@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.engines import Engine, create_engine
+from serving.http.admission import AdmissionPool
 from serving.metrics import Metrics
 from serving.models.adapters import AdapterRegistry
 from serving.models.handlers import Handlers, load_handlers
@@ -62,6 +63,7 @@ class Runtime:
         self.engine = engine
         self.batcher: Batcher | None = None
         self.inflight = 0
+        self.admission = AdmissionPool(settings.admission_threads, settings.admission_backlog_bytes)
         self.metrics.ready.set(0)
         self.metrics.queue_capacity.set(settings.max_queue_size)
 
@@ -123,3 +125,4 @@ class Runtime:
         if self.batcher is not None:
             await self.batcher.drain(self.settings.graceful_shutdown_s)
             await self.batcher.stop()
+        self.admission.shutdown()
