@@ -128,7 +128,10 @@ def count_within(count: Callable[[list[str]], list[int]], items: list[Item], set
         asked = item.pop("truncate", None)  # the engines never see it: the text is cut here
         if asked is None:
             asked = settings.truncate_input
-        budget = limit if asked is True or asked is False else min(int(asked), limit)
+        if asked is not True and asked is not False and int(asked) > limit:  # as text-generation-inference
+            raise ServingError(400, "invalid_input", f"dialogue {index}: truncate={asked} is over the "
+                               f"{limit} tokens a dialogue may have (MAX_INPUT_TOKENS); send at most {limit}, or true")
+        budget = limit if asked is True or asked is False else int(asked)
         budgets.append(budget if asked is not False else -1)
         text, chars = item["inputs"], (budget + 1) * per_char
         if len(text) <= chars:

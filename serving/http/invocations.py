@@ -176,9 +176,10 @@ async def invoke(runtime: Runtime, request: Request, request_id: str, arrived: f
         raise ServingError(500, "model_error",
                            f"the model failed on this request (id {request_id}): {exc.__class__.__name__}; "
                            "other requests were not affected") from None
-    for item, result in zip(items, results):  # the request's options that output_fn reads
-        if item.get("response_format"):
-            result["response_format"] = item["response_format"]
+    for item, result in zip(items, results):  # the request's shape (else RESPONSE_FORMAT's) for output_fn
+        chosen = item.get("response_format") or settings.response_format
+        if chosen != "summaries":
+            result["response_format"] = chosen
     body_out = call_hook(handlers.output_fn, results, accept)
     if isinstance(body_out, tuple):  # (body, content type), as AWS's toolkit also accepts
         body_out, media = body_out

@@ -179,6 +179,15 @@ def test_jsonlines_records_may_hold_unicode_line_separators():
     assert [i["inputs"] for i in items] == [text, "b"]
 
 
+def test_jsonlines_errors_name_the_line_past_megabytes_of_blank_lines():
+    # Blank runs are skipped 64 KiB at a time: the line numbers must still be exact across windows.
+    body = "\n" * 100_000 + "   \n" + " " * 70_000 + json.dumps({"inputs": "a"}) + "\n\n" + "{broken\n"
+    with pytest.raises(inference.InputError, match="^line 100004 is not valid JSON"):
+        inference.input_fn(body, "application/jsonlines")
+    with pytest.raises(inference.InputError, match="empty"):
+        inference.input_fn("\n" * 5_000_000, "application/jsonlines")
+
+
 def test_deeply_nested_json_is_a_client_error():
     for body in (b"[" * 2000 + b"]" * 2000, b'{"inputs": ' + b"[" * 2000 + b"]" * 2000 + b"}",
                  b'{"inputs": "x", "parameters": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001):
@@ -221,8 +230,8 @@ def test_error_messages_quote_at_most_a_little_of_the_body():
 
 
 @pytest.mark.parametrize("parameters,truncate", [
-    ({"truncate": True}, 512), ({"truncate": 100}, 100), ({"truncate": 100.0}, 100), ({"truncate": False}, False),
-    ({"truncation": True}, 512), ({"truncation": "only_first"}, 512), ({"truncation": "do_not_truncate"}, False),
+    ({"truncate": True}, True), ({"truncate": 100}, 100), ({"truncate": 100.0}, 100), ({"truncate": False}, False),
+    ({"truncation": True}, True), ({"truncation": "only_first"}, True), ({"truncation": "do_not_truncate"}, False),
     ({}, None),
 ])
 def test_truncate_is_a_request_option_not_a_generation_parameter(parameters, truncate):
