@@ -65,10 +65,13 @@ def invocation_schemas(settings: Settings) -> dict[str, Any]:
             "response_format": {"enum": ["summaries", "huggingface", "generated_text"]},
         }}
     texts = {"type": "array", "items": {"type": "string"}}
+    def shaped(key: str) -> dict[str, Any]:  # exactly one key per result, so the shapes never overlap
+        return {"type": "array", "items": {"type": "object", "required": [key], "additionalProperties": False,
+                                           "properties": {key: {"type": "string"}}}}
+
     response = {"oneOf": [
         {"type": "object", "required": ["summaries"], "properties": {"summaries": texts}},
-        {"type": "array", "items": {"type": "object", "properties": {"summary_text": {"type": "string"}}}},
-        {"type": "array", "items": {"type": "object", "properties": {"generated_text": {"type": "string"}}}},
+        shaped("summary_text"), shaped("generated_text"),
     ]}
     return {"Parameters": _parameters(settings), "InvocationRequest": request, "InvocationResponse": response,
             "Error": ERROR, "Status": STATUS}
