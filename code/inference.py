@@ -287,8 +287,8 @@ _NON_BLANK = re.compile(r"\S")
 def _records(text: str) -> Iterator[tuple[int, str]]:
     """(line number, line) for each non-blank line of a JSON lines body. Split on "\n" only:
     U+2028, U+0085 and the other breaks str.splitlines() knows are legal inside JSON strings. Runs
-    of blank lines are skipped by one search each, so a body of five million empty lines costs
-    little, and never holds the GIL for long (nor does one str.split of the whole body)."""
+    of blank lines are skipped one 64 KiB window per search, so a body of five million empty lines
+    costs little and never holds the GIL for long (as one str.split of the whole body would)."""
     position, number = 0, 1
     while position < len(text):
         # In windows: one search over megabytes of blanks would hold the GIL for 0.1 s.

@@ -84,18 +84,16 @@ class Settings:
         "Longest dialogue accepted, in model tokens (400 above it). FLAN-T5 was trained on "
         "512; longer inputs cost quadratic attention time and pad every batch they join.",
         minimum=1)
-
     max_chars_per_token: int = _knob(
         "MAX_CHARS_PER_TOKEN", 16,
-        "A dialogue longer than (MAX_INPUT_TOKENS + 1) x this many characters is judged by that many first "
-        "characters: tokenizing 5 MB takes seconds of CPU, 8 KB milliseconds. Real dialogue runs about 4 "
-        "characters per token; a longer text that is still within MAX_INPUT_TOKENS (mostly whitespace) is "
-        "refused (400), or cut there with truncation.", minimum=2, maximum=1024)
+        "A dialogue longer than (MAX_INPUT_TOKENS + 1) x this many characters is judged by that many first characters: "
+        "tokenizing 5 MB takes seconds of CPU, 8 KB milliseconds. Real dialogue runs about 4 characters per token; a "
+        "longer text still within MAX_INPUT_TOKENS (mostly whitespace) is refused (400), or cut with truncation.",
+        minimum=2, maximum=1024)
     truncate_input: bool = _knob(
         "TRUNCATE_INPUT", False,
-        "Cut dialogues over MAX_INPUT_TOKENS to their first MAX_INPUT_TOKENS tokens instead of answering 400. "
-        "A request's \"truncate\" (or \"truncation\") parameter overrides it. Off, a client learns that its "
-        "text was too long instead of getting a summary of its beginning.")
+        "Cut dialogues over MAX_INPUT_TOKENS to their first MAX_INPUT_TOKENS tokens instead of answering 400; a "
+        "request's \"truncate\" (or \"truncation\") overrides it. Off, a client learns that its text was too long.")
     response_format: str = _knob(
         "RESPONSE_FORMAT", "summaries",
         "Response shape: summaries is {\"summaries\": [...]}; huggingface is [{\"summary_text\": ...}] and "
@@ -104,10 +102,9 @@ class Settings:
         choices=("summaries", "huggingface", "generated_text"))
     payload_discard_mb: float = _knob(
         "PAYLOAD_DISCARD_MB", 64.0,
-        "A body that is refused before it is read (413, 503, 404...) is still read and thrown away up to "
-        "this size before the answer: clients that write the whole body before reading (urllib, boto3) "
-        "otherwise get a connection reset instead of the error. Larger bodies are cut off. Costs network "
-        "and a little CPU, no memory.", minimum=0)
+        "A body that is refused before it is read (413, 503, 404...) is still read and thrown away up to this size "
+        "before the answer: clients that write the whole body before reading (urllib, boto3) otherwise get a "
+        "connection reset instead of the error. Larger bodies are cut off. Costs network, no memory.", minimum=0)
     admission_threads: int = _knob(
         "ADMISSION_THREADS", 2,
         "Threads that parse bodies and count tokens, off the event loop, so that /ping and /health/live "
@@ -115,9 +112,9 @@ class Settings:
         "the model; requests beyond them wait, within ADMISSION_BACKLOG_MB.", minimum=1, maximum=64)
     admission_backlog_mb: float = _knob(
         "ADMISSION_BACKLOG_MB", 64.0,
-        "Request bodies being parsed or waiting for an admission thread, in total. Beyond it requests get "
-        "503 with Retry-After at once: it bounds the memory a flood of large bodies can hold. A request "
-        "always fits when no other is being admitted.", minimum=0)
+        "Request bodies being parsed or waiting for an admission thread, in total. Beyond it requests get 503 "
+        "admission_full with Retry-After at once: it bounds the memory a flood of large bodies can hold. A "
+        "request always fits when no other is being admitted.", minimum=0)
 
     max_new_tokens_limit: int = _knob(
         "MAX_NEW_TOKENS_LIMIT", 512,
