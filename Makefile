@@ -106,8 +106,8 @@ test-stress: install ## The output-equivalence tests STRESS_ROUNDS x at 1 and 2 
 	  done; \
 	done; done
 
-docs: ## Regenerate docs/configuration.md from serving/settings.py
-	$(PY) -m serving.settings_doc --markdown > docs/configuration.md
+docs: ## Regenerate docs/configuration.md from serving/settings/fields.py
+	$(PY) -m serving.settings --markdown > docs/configuration.md
 
 clean:
 	rm -rf .pytest_cache build dist *.egg-info

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--instance-count", help="env INSTANCE_COUNT (default 1)")
     dep.add_argument("--variant", help="env VARIANT_NAME (default AllTraffic)")
     dep.add_argument("--env", action="append", metavar="KEY=VALUE",
-                     help="container environment (names from serving/settings.py); repeat")
+                     help="container environment (names from serving/settings/fields.py); repeat")
     dep.add_argument("--min-instances", help="env MIN_INSTANCES (default: instance count)")
     dep.add_argument("--max-instances", help="env MAX_INSTANCES (default 2; 0 = no autoscaling)")
     dep.add_argument("--target-invocations",

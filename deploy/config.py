@@ -132,7 +132,7 @@ def validate_container_env(env: Mapping[str, str]) -> dict[str, str]:
             hints.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
         raise ConfigError(
             "unknown container environment variable(s): " + ", ".join(hints)
-            + ". Allowed: the names in serving/settings.py (docs/configuration.md) and "
+            + ". Allowed: the names in serving/settings/fields.py (docs/configuration.md) and "
             + ", ".join(sorted(EXTRA_ENV_NAMES)))
     if len(env) > 100:
         raise ConfigError(f"{len(env)} environment variables: SageMaker accepts at most 100")

@@ -22,7 +22,7 @@ PACKAGE_MODEL_DIR ?= $(DEV_MODEL_DIR)/adapter
 PACKAGE_BASE_DIR ?= $(if $(filter $(DEV_MODEL_DIR)/adapter,$(PACKAGE_MODEL_DIR)),$(DEV_MODEL_DIR))
 # Empty: build model.tar.gz only. s3://bucket/prefix: also upload (content-addressed key).
 MODEL_S3_URI ?=
-# Container environment for make deploy: space-separated KEY=VALUE (names from serving/settings.py).
+# Container environment for make deploy: space-separated KEY=VALUE (names from serving/settings/fields.py).
 DEPLOY_ENV ?=
 INVOKE_TEXT ?= \#Person1\#: Are you coming to the meeting at three? \#Person2\#: Yes, I will bring the slides.
 INVOKE_FILE ?=

@@ -8,7 +8,7 @@ import runpy
 import sys
 
 from serving.settings import REPO_ROOT, SettingsError, load_settings_with_sources
-from serving.settings_doc import describe
+from serving.settings.doc import describe
 
 
 def serve_main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ class RejectReason(StrEnum):
     QUEUE_FULL = "queue_full"
     DRAINING = "draining"
     NOT_READY = "not_ready"
+    ADMISSION_FULL = "admission_full"  # bodies waiting to be parsed over ADMISSION_BACKLOG_MB
 
 
 class DropReason(StrEnum):
@@ -47,6 +48,8 @@ class Item(_ItemFields, total=False):
 
     adapter: str | None            # the adapter the client asked for (multi-adapter mode)
     adapter_id: str                # the load it is pinned to at admission (registry.pin)
+    truncate: int | bool           # the request's token limit for it (admission cuts the text to it)
+    response_format: str           # the response shape the request asked for (output_fn reads it)
 
 
 class Prediction(TypedDict):

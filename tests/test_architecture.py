@@ -12,7 +12,7 @@ from tools.imports import cycles, graph, imports_of, layer_of, modules, upward_i
 
 RUNTIME_MODULE_LINES = 400
 # settings.py is one declaration per knob (env var, default, trade-off): it grows with the knobs.
-LONGER = {"serving.settings": 450}
+LONGER = {"serving.settings.fields": 450}
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ def test_serve_print_config_and_start_failure(tmp_path):
 
 
 def test_configuration_docs_are_generated_from_the_settings():
-    from serving.settings_doc import markdown_table
+    from serving.settings.doc import markdown_table
 
     assert (REPO / "docs" / "configuration.md").read_text().strip() == markdown_table().strip(), \
         "docs/configuration.md is stale: run `make docs`"

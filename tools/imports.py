@@ -23,8 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("serving.version", "serving.types", "serving.settings", "serving.errors", "serving.metrics",
-                    "serving.threads", "serving.settings_doc",
-                    "serving.settings_checks")),
+                    "serving.threads")),
     ("models", ("serving.models",)),
     ("engines", ("serving.engines",)),
     ("scheduling", ("serving.scheduling",)),

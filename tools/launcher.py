@@ -108,11 +108,12 @@ def wait_for_state(url: str, state: str, timeout: float = 120,
 
 @contextlib.contextmanager
 def running_server(model_dir: str | Path, tmp_path: Path, env: dict[str, str] | None = None,
-                   wait: bool = True, ready_timeout: float = 120) -> Iterator[ServerProcess]:
-    """``serve`` on a free loopback port with MODEL_DIR and ``env``; ready (unless ``wait`` is
-    False) when yielded, stopped by PID (SIGTERM, then SIGKILL) afterwards."""
-    port = free_port()
-    log_path = tmp_path / f"server-{port}.log"
+                   wait: bool = True, ready_timeout: float = 120, port: int | None = None) -> Iterator[ServerProcess]:
+    """``serve`` on a free loopback port (or ``port``: a restart on the same one) with MODEL_DIR
+    and ``env``; ready (unless ``wait`` is False) when yielded, stopped by PID (SIGTERM, then
+    SIGKILL) afterwards."""
+    port = port or free_port()
+    log_path = tmp_path / f"server-{port}-{time.monotonic_ns()}.log"
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "HOST": "127.0.0.1",
                 "SAGEMAKER_BIND_TO_PORT": str(port), "MODEL_DIR": str(model_dir),
                 "HF_HUB_OFFLINE": "1", **(env or {})}

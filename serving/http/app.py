@@ -16,7 +16,8 @@ from fastapi import FastAPI
 
 from serving.engines import Engine
 from serving.http.exception_handlers import install_exception_handlers
-from serving.http.middleware import InvokeRewrite, MetricsMiddleware
+from serving.http.middleware import DrainUnreadBody, InvokeRewrite, MetricsMiddleware
+from serving.http.openapi import install_openapi
 from serving.http.routes import health, info, models, sagemaker
 from serving.http.runtime import Runtime
 from serving.models.handlers import Handlers
@@ -39,10 +40,15 @@ def create_app(settings: Settings, engine: Engine | None = None, handlers: Handl
             load_task.cancel()
             await runtime.shutdown()
 
-    app = FastAPI(title="t5-serving", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json always (the contract, machine-readable); Swagger UI at /docs with the demo page
+    # (the browser loads Swagger UI's script from its CDN; the server fetches nothing).
+    app = FastAPI(title="t5-serving", version=__version__, lifespan=lifespan, redoc_url=None,
+                  docs_url="/docs" if settings.demo_page else None, openapi_url="/openapi.json")
     app.state.runtime = runtime
+    install_openapi(app, settings)
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)
+    app.add_middleware(DrainUnreadBody, limit_bytes=settings.payload_discard_bytes,
+                       timeout_s=settings.request_timeout_s)
     if settings.multi_adapter_enabled:
         if settings.engine != "torch":
             raise ValueError(f"multi-adapter mode (MULTI_ADAPTER, SAGEMAKER_MULTI_MODEL, ADAPTERS_DIR) needs "

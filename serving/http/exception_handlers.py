@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from serving.errors import ServingError, error_response
@@ -29,6 +30,12 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, detail, headers=getattr(exc, "headers", None))
 
 
+async def client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    """The client left while sending its body: 499 in the metrics and the log, not a 500 and a
+    traceback (the answer is never read)."""
+    return error_response(499, "client_gone", "the client closed the connection while sending the body")
+
+
 async def unexpected(request: Request, exc: Exception) -> JSONResponse:
     """A bug: the client gets the request id, the traceback goes only to the log."""
     request_id = getattr(request.state, "request_id", "-")
@@ -40,4 +47,5 @@ async def unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServingError, serving_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_disconnect)
     app.add_exception_handler(Exception, unexpected)

@@ -1,10 +1,11 @@
 """The invocation pipeline behind ``POST /invocations`` (and ``/models/{name}/invoke``).
 
 In order: refuse when not ready; read the body within SAGEMAKER_MAX_PAYLOAD_IN_MB; refuse an
-Accept that output_fn cannot produce; input_fn; the request and engine limits; pin each item's
-adapter; count tokens against MAX_INPUT_TOKENS; queue all items in the batcher (or 503 at once);
-wait for them, the deadline or the client's disconnect, whichever comes first; output_fn. Every
-client mistake is answered before anything is queued, and nothing queued outlives its request.
+Accept that output_fn cannot produce; on an admission thread (serving/http/admission.py): input_fn,
+the request and engine limits, the token counts against MAX_INPUT_TOKENS (or the cut to it); pin
+each item's adapter; queue all items in the batcher (or 503 at once); wait for them, the deadline
+or the client's disconnect, whichever comes first; output_fn. Every client mistake is answered
+before anything is queued, and nothing queued outlives its request.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Message
 
 from serving.errors import ServingError, client_error_from, error_response
+from serving.http.admission import AdmissionFullError, admit, call_hook
 from serving.http.runtime import Runtime
 from serving.models.adapters import pin_request_adapters
 from serving.scheduling import ClientGoneError, DeadlineExceededError, DrainingError, QueueFullError
@@ -52,12 +55,21 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise client_gone("the client closed the connection while sending the body") from None
     return b"".join(chunks)
+
+
+def client_gone(detail: str) -> ServingError:
+    """499 (nginx's "client closed request"): no one reads it, but the metrics and the access log
+    count it as the client's doing, not as a server error."""
+    return ServingError(499, "client_gone", detail)
 
 
 async def wait_for_disconnect(receive: Callable[[], Awaitable[Message]]) -> None:
@@ -65,20 +77,6 @@ async def wait_for_disconnect(receive: Callable[[], Awaitable[Message]]) -> None
         message = await receive()
         if message["type"] == "http.disconnect":
             return
-
-
-def call_hook(hook: Callable[..., Any], *args: Any, value_errors_are_client: bool = False) -> Any:
-    """Call a user-script hook; an exception that says it is the client's fault (a 4xx
-    ``status_code``, or a ValueError from input parsing) becomes that ServingError."""
-    try:
-        return hook(*args)
-    except Exception as exc:
-        mapped = client_error_from(exc)
-        if mapped is None and value_errors_are_client and isinstance(exc, ValueError):
-            mapped = ServingError(400, "invalid_input", str(exc))
-        if mapped is None:
-            raise
-        raise mapped from None
 
 
 def decoding_costs(items: list[Item], tokens: list[int], default_new_tokens: int,
@@ -133,24 +131,21 @@ async def invoke(runtime: Runtime, request: Request, request_id: str, arrived: f
         raise
     except Exception:  # a custom output_fn may not take an empty list; the real call will tell
         pass
-    items = call_hook(handlers.input_fn, body, content_type, value_errors_are_client=True)
-    if not items:
-        raise ServingError(400, "invalid_input", "the request holds no dialogue to summarize")
-    if len(items) > settings.max_items_per_request:
-        raise ServingError(400, "too_many_inputs",
-                           f"{len(items)} dialogues in one request; the limit is "
-                           f"{settings.max_items_per_request} (MAX_ITEMS_PER_REQUEST): split the request")
-    call_hook(engine.validate, items)  # engine-specific limits (e.g. a parameter it cannot honour)
+    deadline = arrived + settings.request_timeout_s
+    try:  # parsing and counting never run on the event loop: health checks answer meanwhile
+        admitted = await runtime.admission.run(len(body), max(0.0, deadline - time.monotonic()), admit,
+                                               runtime.admission, settings, handlers, engine, body, content_type)
+    except AdmissionFullError as exc:
+        runtime.metrics.rejected.labels(RejectReason.ADMISSION_FULL).inc()
+        raise ServingError(503, "admission_full", f"the server is parsing other large requests ({exc}); retry "
+                           "after a moment", headers={"Retry-After": "1"}) from None
+    except asyncio.TimeoutError:
+        raise ServingError(504, "deadline_exceeded", "the request waited past REQUEST_TIMEOUT_S="
+                           f"{settings.request_timeout_s:g}s to be parsed; the server is overloaded") from None
+    items, tokens = admitted.items, admitted.tokens
     registry = runtime.registry
     pin_request_adapters(registry, items, request.headers)  # 404/400 before queueing
-    tokens = engine.count_tokens([item["inputs"] for item in items])
-    for index, n in enumerate(tokens):
-        if n > settings.max_input_tokens:
-            raise ServingError(400, "input_too_long",
-                               f"dialogue {index} is {n} tokens; the limit is {settings.max_input_tokens} "
-                               "(MAX_INPUT_TOKENS): shorten it or split it into parts")
     costs = decoding_costs(items, tokens, settings.default_max_new_tokens, settings.max_tokens_in_flight)
-    deadline = arrived + settings.request_timeout_s
     try:
         work = batcher.submit(items, tokens, request_id, deadline, costs)
     except QueueFullError as exc:
@@ -161,7 +156,7 @@ async def invoke(runtime: Runtime, request: Request, request_id: str, arrived: f
         raise not_ready_error(runtime) from None
     if registry is not None:
         registry.track(work)  # an unload waits for these items
-    log.update(items=len(items), input_tokens=sum(tokens))
+    log.update(items=len(items), input_tokens=sum(tokens), truncated=admitted.truncated)
 
     gathered = asyncio.gather(*(w.future for w in work))
     # When the handler gives up (deadline, client gone) the gathered error is never awaited;
@@ -183,8 +178,7 @@ async def invoke(runtime: Runtime, request: Request, request_id: str, arrived: f
         reason = DropReason.CLIENT_GONE if disconnect in done else DropReason.DEADLINE
         batcher.cancel(work, reason)  # fails every unfinished item, so gathered is done
         if reason is DropReason.CLIENT_GONE:
-            log["error"] = "client_gone"
-            return Response(status_code=499)
+            raise client_gone("the client closed the connection before its summaries were ready")
         raise ServingError(504, "deadline_exceeded",
                            f"no result within REQUEST_TIMEOUT_S={settings.request_timeout_s:g}s; the "
                            "server is overloaded or the request asks for too much generation")
@@ -204,13 +198,21 @@ async def invoke(runtime: Runtime, request: Request, request_id: str, arrived: f
         raise ServingError(500, "model_error",
                            f"the model failed on this request (id {request_id}): {exc.__class__.__name__}; "
                            "other requests were not affected") from None
+    for item, result in zip(items, results):  # the request's shape (else RESPONSE_FORMAT's) for output_fn
+        chosen = item.get("response_format") or settings.response_format
+        if chosen != "summaries":
+            result["response_format"] = chosen
     body_out = call_hook(handlers.output_fn, results, accept)
-    media = accept.split(";")[0].strip().lower()
-    media = "application/json" if media in ("", "*/*", "application/*") else media
+    if isinstance(body_out, tuple):  # (body, content type), as AWS's toolkit also accepts
+        body_out, media = body_out
+    else:  # a custom output_fn that returns the body only: the first type the client named
+        media = accept.split(",")[0].split(";")[0].strip().lower()
+        media = "application/json" if media in ("", "*/*", "application/*") else media
     queue_ms = max(w.queue_wait for w in work) * 1000
     compute_ms = max(w.compute for w in work) * 1000
     batch_size = max(w.batch_size for w in work)
     log.update(queue_ms=round(queue_ms, 1), compute_ms=round(compute_ms, 1), batch_size=batch_size,
                output_tokens=sum(r.get("output_tokens", 0) for r in results))
     return Response(body_out, media_type=media, headers={
-        "X-Batch-Size": str(batch_size), "X-Queue-Ms": f"{queue_ms:.1f}", "X-Compute-Ms": f"{compute_ms:.1f}"})
+        "X-Batch-Size": str(batch_size), "X-Queue-Ms": f"{queue_ms:.1f}", "X-Compute-Ms": f"{compute_ms:.1f}",
+        "X-Truncated-Inputs": str(admitted.truncated)})

@@ -16,6 +16,7 @@ from typing import Any
 
 from serving.engines import Engine, create_engine
 from serving.engines.base import IterativeDecoder
+from serving.http.admission import AdmissionPool
 from serving.metrics import Metrics
 from serving.models.adapters import AdapterRegistry
 from serving.models.handlers import Handlers, load_handlers
@@ -70,6 +71,7 @@ class Runtime:
         self.shutdown_deadline: float | None = None   # set by the first stop signal
         self._drain_task: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.admission = AdmissionPool(settings.admission_threads, settings.admission_backlog_bytes)
         self.metrics.ready.set(0)
         self.metrics.queue_capacity.set(settings.max_queue_size)
 
@@ -180,3 +182,4 @@ class Runtime:
         await self._drain_task
         if self.batcher is not None:
             await self.batcher.stop()
+        self.admission.shutdown()

@@ -1,6 +1,6 @@
 """Server-side dynamic batching: items from concurrent requests share one generate call.
 
-How a batch forms (the knobs are in serving/settings.py, each with its trade-off):
+How a batch forms (the knobs are in serving/settings/fields.py, each with its trade-off):
 
 - Only items with identical generation parameters share a batch (generate takes one set).
 - The oldest waiting item always rides in the next batch of its group, so nothing starves.

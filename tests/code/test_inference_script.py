@@ -140,12 +140,140 @@ def test_input_fn_formats():
 
 def test_output_fn_formats():
     predictions = [{"summary": "one"}, {"summary": "two"}]
-    assert json.loads(inference.output_fn(predictions, "application/json")) == {"summaries": ["one", "two"]}
-    assert json.loads(inference.output_fn(predictions, "*/*"))["summaries"] == ["one", "two"]
-    lines = inference.output_fn(predictions, "application/jsonlines").splitlines()
-    assert [json.loads(line)["summary"] for line in lines] == ["one", "two"]
+    body, media = inference.output_fn(predictions, "application/json")
+    assert json.loads(body) == {"summaries": ["one", "two"]} and media == "application/json"
+    assert json.loads(inference.output_fn(predictions, "*/*")[0])["summaries"] == ["one", "two"]
+    lines, media = inference.output_fn(predictions, "application/jsonlines")
+    assert [json.loads(line)["summary"] for line in lines.splitlines()] == ["one", "two"]
+    assert media == "application/jsonlines"
     with pytest.raises(inference.UnsupportedAcceptError):
         inference.output_fn(predictions, "text/html")
+
+
+@pytest.mark.parametrize("accept,media", [
+    ("application/json, text/plain, */*", "application/json"),           # axios's default
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "application/json"),  # browsers
+    ("application/jsonlines;q=0.9, application/json;q=0.5", "application/jsonlines"),
+    ("application/json;q=0.2, application/jsonl", "application/jsonl"),   # the alias asked for is echoed
+    ("application/json; charset=utf-8", "application/json"),
+    ("text/plain, application/*;q=0.1", "application/json"),
+    ("application/json;q=0, */*;q=0.5", "application/jsonlines"),       # q=0: "not this one"
+    ("", "application/json"), (None, "application/json"),
+])
+def test_accept_lists_and_q_values_are_honoured(accept, media):
+    assert inference.output_fn([{"summary": "s"}], accept)[1] == media
+
+
+@pytest.mark.parametrize("accept", ["text/csv", "application/json;q=0", "text/*, image/png", "*/*;q=0"])
+def test_unacceptable_accept_is_406(accept):
+    with pytest.raises(inference.UnsupportedAcceptError) as info:
+        inference.output_fn([{"summary": "s"}], accept)
+    assert info.value.status_code == 406 and "application/json" in str(info.value)
+
+
+def test_jsonlines_records_may_hold_unicode_line_separators():
+    # U+2028, U+2029 and U+0085 are legal, unescaped, inside JSON strings; only "\n" ends a record.
+    text = "#Person1#: one\u2028two\u0085three\u2029four\x1cfive"
+    body = (json.dumps({"inputs": text}, ensure_ascii=False) + "\r\n" + json.dumps({"inputs": "b"})).encode()
+    items = inference.input_fn(body, "application/jsonlines")
+    assert [i["inputs"] for i in items] == [text, "b"]
+
+
+def test_jsonlines_errors_name_the_line_past_megabytes_of_blank_lines():
+    # Blank runs are skipped 64 KiB at a time: the line numbers must still be exact across windows.
+    body = "\n" * 100_000 + "   \n" + " " * 70_000 + json.dumps({"inputs": "a"}) + "\n\n" + "{broken\n"
+    with pytest.raises(inference.InputError, match="^line 100004 is not valid JSON"):
+        inference.input_fn(body, "application/jsonlines")
+    with pytest.raises(inference.InputError, match="empty"):
+        inference.input_fn("\n" * 5_000_000, "application/jsonlines")
+
+
+def test_deeply_nested_json_is_a_client_error():
+    for body in (b"[" * 2000 + b"]" * 2000, b'{"inputs": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+                 b'{"inputs": "x", "parameters": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001):
+        with pytest.raises(inference.InputError, match="too deeply") as info:
+            inference.input_fn(body, "application/json")
+        assert info.value.status_code == 400
+
+
+def test_too_many_dialogues_are_refused_before_any_is_validated(monkeypatch):
+    monkeypatch.setenv("MAX_ITEMS_PER_REQUEST", "4")
+    calls = []
+    monkeypatch.setattr(inference, "validate_parameters", lambda raw: calls.append(raw) or {})
+    with pytest.raises(inference.TooManyInputsError, match="5 dialogues") as info:
+        inference.input_fn(json.dumps({"inputs": ["a"] * 5}), "application/json")
+    assert info.value.error == "too_many_inputs" and calls == []
+    lines = "\n".join(json.dumps({"inputs": "a"}) for _ in range(1000))
+    with pytest.raises(inference.TooManyInputsError, match="more than 4"):
+        inference.input_fn(lines, "application/jsonlines")
+    assert len(calls) == 5, "JSON lines stop at the first record over the limit"
+
+
+def test_bodies_of_very_many_values_stop_at_a_budget():
+    budget = 32 + inference.JSON_VALUES_PER_REQUEST
+    for body in (json.dumps({"inputs": ["a"] * 1_000_000}), json.dumps({"inputs": "hi", "parameters": {
+            f"k{i}": i for i in range(200_000)}}), json.dumps([{"a": 1}] * 300_000)):
+        with pytest.raises(inference.InputError, match=f"more than {budget} JSON values"):
+            inference.input_fn(body, "application/json")
+    # Many commas inside one string are text, not values: the slow path still parses it.
+    prose = "yes, " * 100_000
+    assert inference.input_fn(json.dumps({"inputs": prose}), "application/json")[0]["inputs"] == prose
+
+
+def test_error_messages_quote_at_most_a_little_of_the_body():
+    for body in ({"inputs": "x", "parameters": {"temperature": "h" * 100_000}},
+                 {"inputs": "x", "parameters": {"k" * 100_000: 1}}, {"x" * 100_000: 1, "inputs": "x"},
+                 {"inputs": "x", "response_format": "y" * 100_000}):
+        with pytest.raises(inference.InputError) as info:
+            inference.input_fn(json.dumps(body), "application/json")
+        assert len(str(info.value)) < 400, str(info.value)[:200]
+
+
+@pytest.mark.parametrize("parameters,truncate", [
+    ({"truncate": True}, True), ({"truncate": 100}, 100), ({"truncate": 100.0}, 100), ({"truncate": False}, False),
+    ({"truncation": True}, True), ({"truncation": "only_first"}, True), ({"truncation": "do_not_truncate"}, False),
+    ({}, None),
+])
+def test_truncate_is_a_request_option_not_a_generation_parameter(parameters, truncate):
+    item = inference.input_fn(json.dumps({"inputs": "hi", "parameters": {"max_new_tokens": 9, **parameters}}))[0]
+    assert item.get("truncate") == truncate
+    assert item["parameters"] == inference.validate_parameters({"max_new_tokens": 9})
+
+
+@pytest.mark.parametrize("value", [0, -1, 513, 1.5, "yes", [1]])
+def test_truncate_outside_one_to_max_input_tokens_is_refused(value):
+    with pytest.raises(inference.InputError, match="truncate must be"):
+        inference.input_fn(json.dumps({"inputs": "hi", "parameters": {"truncate": value}}))
+
+
+def test_huggingface_response_formats(monkeypatch):
+    predictions = [{"summary": "one"}, {"summary": "two"}]
+    monkeypatch.setenv("RESPONSE_FORMAT", "huggingface")
+    assert json.loads(inference.output_fn(predictions, "application/json")[0]) == [
+        {"summary_text": "one"}, {"summary_text": "two"}]
+    lines = inference.output_fn(predictions, "application/jsonlines")[0].splitlines()
+    assert [json.loads(line) for line in lines] == [{"summary_text": "one"}, {"summary_text": "two"}]
+    monkeypatch.setenv("RESPONSE_FORMAT", "generated_text")
+    assert json.loads(inference.output_fn(predictions[:1], None)[0]) == [{"generated_text": "one"}]
+    # Per request: the item's choice rides on its prediction and wins over the default.
+    monkeypatch.delenv("RESPONSE_FORMAT")
+    item = inference.input_fn(json.dumps({"inputs": "hi", "response_format": "huggingface"}))[0]
+    assert item["response_format"] == "huggingface"
+    assert json.loads(inference.output_fn([{"summary": "s", "response_format": "huggingface"}])[0]) == [
+        {"summary_text": "s"}]
+    with pytest.raises(inference.InputError, match="response_format"):
+        inference.input_fn(json.dumps({"inputs": "hi", "response_format": "xml"}))
+
+
+def test_predict_fn_honours_truncate_and_carries_the_response_format(tiny_adapter_dir):
+    bundle = inference.model_fn(str(tiny_adapter_dir))
+    text = "#Person1#: " + "Hello there, how are you today? " * 20
+    items = inference.input_fn(json.dumps({"inputs": [text, text], "response_format": "generated_text",
+                                           "parameters": {"max_new_tokens": 2}}))
+    items[1]["truncate"] = 7
+    out = inference.predict_fn(items, bundle)
+    assert out[0]["input_tokens"] > 7 and out[1]["input_tokens"] == 7
+    assert {o["response_format"] for o in out} == {"generated_text"}
 
 
 def test_unreachable_hub_fails_fast_without_retrying(monkeypatch):

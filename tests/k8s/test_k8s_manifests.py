@@ -29,7 +29,7 @@ K8S = REPO / "k8s"
 OVERLAYS = ("cpu", "gpu")
 # Kubernetes version the manifests are validated against (kubernetes-validate's schemas).
 K8S_VERSION = "1.37.0"
-# Read by libraries inside the server rather than by serving/settings.py.
+# Read by libraries inside the server rather than by serving/settings/fields.py.
 ENV_EXTRAS = {
     "HF_HOME": "huggingface_hub / transformers cache root (must be writable)",
     "OMP_NUM_THREADS": "torch's intra-op thread pool size",

@@ -7,4 +7,4 @@ Each module's ``router(runtime)`` builds its APIRouter over the process's Runtim
 
 # The paths the request metrics label by name (anything else is "other") and a 404 lists.
 ROUTES = ("/ping", "/invocations", "/execution-parameters", "/health/live", "/health/ready",
-          "/metrics", "/info", "/stats")
+          "/metrics", "/info", "/stats", "/openapi.json", "/docs")

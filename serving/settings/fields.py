@@ -1,23 +1,21 @@
-"""One typed settings object for the server, read from the environment.
+"""The settings object: every knob of the server as one typed, frozen field.
 
 Every knob is a field below with the environment variable that sets it, its type, its
 default, and a sentence on its trade-off. SageMaker's own variable names are used where
 SageMaker defines one (``SAGEMAKER_BIND_TO_PORT``, ``SAGEMAKER_PROGRAM``,
 ``SAGEMAKER_MAX_PAYLOAD_IN_MB``, ...). ``docs/configuration.md`` is written from these fields
-(``python -m serving.settings --markdown``), so the docs cannot drift from the code.
+(``python -m serving.settings --markdown``, settings/doc.py), so the docs cannot drift from the code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class SettingsError(ValueError):
@@ -86,6 +84,39 @@ class Settings:
         "Longest dialogue accepted, in model tokens (400 above it). FLAN-T5 was trained on "
         "512; longer inputs cost quadratic attention time and pad every batch they join.",
         minimum=1)
+    max_chars_per_token: int = _knob(
+        "MAX_CHARS_PER_TOKEN", 16,
+        "A dialogue longer than (MAX_INPUT_TOKENS + 1) x this many characters is judged by that many first characters: "
+        "tokenizing 5 MB takes seconds of CPU, 8 KB milliseconds. Real dialogue runs about 4 characters per token; a "
+        "longer text still within MAX_INPUT_TOKENS (mostly whitespace) is refused (400), or cut with truncation.",
+        minimum=2, maximum=1024)
+    truncate_input: bool = _knob(
+        "TRUNCATE_INPUT", False,
+        "Cut dialogues over MAX_INPUT_TOKENS to their first MAX_INPUT_TOKENS tokens instead of answering 400; a "
+        "request's \"truncate\" (or \"truncation\") overrides it. Off, a client learns that its text was too long.")
+    response_format: str = _knob(
+        "RESPONSE_FORMAT", "summaries",
+        "Response shape: summaries is {\"summaries\": [...]}; huggingface is [{\"summary_text\": ...}] and "
+        "generated_text [{\"generated_text\": ...}], what Hugging Face's SageMaker containers (inference "
+        "toolkit, TGI) answer, so their clients work unchanged. A request's \"response_format\" overrides it.",
+        choices=("summaries", "huggingface", "generated_text"))
+    payload_discard_mb: float = _knob(
+        "PAYLOAD_DISCARD_MB", 64.0,
+        "A body that is refused before it is read (413, 503, 404...) is still read and thrown away up to this size "
+        "before the answer: clients that write the whole body before reading (urllib, boto3) otherwise get a "
+        "connection reset instead of the error. Larger bodies are cut off. Costs network, no memory.", minimum=0)
+    admission_threads: int = _knob(
+        "ADMISSION_THREADS", 1,
+        "Threads that parse bodies and count tokens, off the event loop, so that /ping and /health/live "
+        "answer while 5 MB bodies are parsed. Parsing holds Python's GIL, so a second thread parses no "
+        "faster and makes the event loop wait longer for it (health p99 ~90 ms instead of ~60 ms under "
+        "abuse on 2 cores); more help only where token counting dominates. Requests beyond them wait, "
+        "within ADMISSION_BACKLOG_MB.", minimum=1, maximum=64)
+    admission_backlog_mb: float = _knob(
+        "ADMISSION_BACKLOG_MB", 64.0,
+        "Request bodies being parsed or waiting for an admission thread, in total. Beyond it requests get 503 "
+        "admission_full with Retry-After at once: it bounds the memory a flood of large bodies can hold. A "
+        "request always fits when no other is being admitted.", minimum=0)
 
     max_new_tokens_limit: int = _knob(
         "MAX_NEW_TOKENS_LIMIT", 512,
@@ -295,6 +326,14 @@ class Settings:
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 1024 * 1024)
 
+    @property
+    def payload_discard_bytes(self) -> int:
+        return int(self.payload_discard_mb * 1024 * 1024)
+
+    @property
+    def admission_backlog_bytes(self) -> int:
+        return int(self.admission_backlog_mb * 1024 * 1024)
+
     def resolved_model_location(self) -> str:
         """The model to serve: MODEL_DIR, else /opt/ml/model if present, else the hub id."""
         if self.model_dir:
@@ -313,7 +352,7 @@ class Settings:
         if token is not None and (len(token) < ADMIN_TOKEN_MIN_LENGTH or token != token.strip()):
             raise SettingsError(f"ADMIN_TOKEN is not valid: it must be at least {ADMIN_TOKEN_MIN_LENGTH} "
                                 "characters without surrounding spaces (e.g. `openssl rand -hex 32`)")
-        from serving.settings_checks import contradictions
+        from serving.settings.checks import contradictions
 
         if found := contradictions(self):
             raise SettingsError("settings contradict each other:\n- " + "\n- ".join(found))
@@ -341,103 +380,3 @@ def knobs() -> list[dataclasses.Field]:
 
 
 ENV_NAMES: frozenset[str] = frozenset(f.metadata["env"] for f in dataclasses.fields(Settings))
-
-
-def _parse(f: dataclasses.Field, raw: str) -> Any:
-    env = f.metadata["env"]
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    raw = raw.strip()
-    try:
-        if kind.startswith("bool"):
-            low = raw.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind.startswith("int"):
-            value: Any = int(raw)
-        elif kind.startswith("float"):
-            value = float(raw)
-        else:
-            value = raw or None if "None" in kind else raw
-    except ValueError:
-        expected = ("true or false" if kind.startswith("bool") else
-                    "an integer" if kind.startswith("int") else "a number")
-        raise SettingsError(f"{env}={raw!r} is not valid: expected {expected}") from None
-    choices = f.metadata["choices"]
-    if choices and value not in choices:
-        raise SettingsError(f"{env}={raw!r} is not valid: choose one of {', '.join(choices)}")
-    lo, hi = f.metadata["minimum"], f.metadata["maximum"]
-    if lo is not None and value < lo:
-        raise SettingsError(f"{env}={raw!r} is not valid: must be >= {lo}")
-    if hi is not None and value > hi:
-        raise SettingsError(f"{env}={raw!r} is not valid: must be <= {hi}")
-    return value
-
-
-CONFIG_FILE_ENV = "SERVING_CONFIG"
-
-
-def _read_config_file(path: str | Path) -> dict[str, str]:
-    """A YAML mapping of settings, keyed by field name (max_batch_size) or variable
-    (MAX_BATCH_SIZE). Values are parsed exactly like environment values. A ``training:``
-    section holds the training hyperparameters (code/train.py reads it)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise SettingsError(f"config file {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise SettingsError(f"config file {path} must be a mapping of setting: value")
-    by_name = {f.name: f for f in dataclasses.fields(Settings)}
-    by_env = {f.metadata["env"]: f for f in dataclasses.fields(Settings)}
-    raw: dict[str, str] = {}
-    for key, value in data.items():
-        if key == "training":
-            continue  # the training entry (code/train.py) reads and checks that section
-        f = by_name.get(str(key)) or by_env.get(str(key))
-        if f is None:
-            raise SettingsError(f"config file {path}: unknown key {key!r}; known keys: "
-                                f"{', '.join(sorted(by_name))} (or their variables, e.g. MAX_BATCH_SIZE)")
-        if isinstance(value, (dict, list)):
-            raise SettingsError(f"config file {path}: {key} must be a single value")
-        raw[f.name] = "" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
-    return raw
-
-
-def load_settings_with_sources(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None,
-                               **overrides: Any) -> tuple[Settings, dict[str, str]]:
-    """Settings and where each value came from. Later sources win: default < config file
-    (SERVING_CONFIG or --config) < environment < command-line flags."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    sources = {f.name: "default" for f in dataclasses.fields(Settings)}
-    config_file = config_file or environ.get(CONFIG_FILE_ENV) or None
-    if config_file:
-        for name, raw in _read_config_file(config_file).items():
-            f = next(f for f in dataclasses.fields(Settings) if f.name == name)
-            try:
-                values[name] = _parse(f, raw)
-            except SettingsError as exc:
-                raise SettingsError(f"config file {config_file}: {exc}") from None
-            sources[name] = f"file {config_file}"
-    for f in dataclasses.fields(Settings):
-        from_env = environ.get(f.metadata["env"])
-        if from_env is not None and from_env != "":
-            values[f.name] = _parse(f, from_env)
-            sources[f.name] = f"env {f.metadata['env']}"
-    for name, value in overrides.items():
-        if value is not None:
-            values[name] = value
-            sources[name] = "command line"
-    return Settings(**values), sources
-
-
-def load_settings(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None,
-                  **overrides: Any) -> Settings:
-    """Settings from defaults, the optional config file, the environment and overrides."""
-    return load_settings_with_sources(environ, config_file, **overrides)[0]

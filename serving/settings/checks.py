@@ -11,7 +11,7 @@ from typing import Protocol
 
 
 class CheckedSettings(Protocol):
-    """The fields compared here (serving.settings.Settings has them; no import, no cycle)."""
+    """The fields compared here (settings.fields.Settings has them; it calls this)."""
 
     @property
     def max_queue_size(self) -> int: ...

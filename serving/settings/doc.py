@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Mapping
 
-from serving.settings import Settings, load_settings_with_sources
+from serving.settings.fields import Settings
+from serving.settings.loading import load_settings_with_sources
 
 
 def describe(settings: Settings, sources: Mapping[str, str]) -> str:
@@ -23,7 +23,7 @@ def describe(settings: Settings, sources: Mapping[str, str]) -> str:
 
 DOC_HEADER = """# Configuration
 
-Generated from `serving/settings.py` by `make docs` (`python -m serving.settings_doc --markdown`);
+Generated from `serving/settings/fields.py` by `make docs` (`python -m serving.settings --markdown`);
 a test fails when this file is stale.
 
 Precedence: default < config file (`serve --config FILE` or `SERVING_CONFIG`, YAML keyed by field
@@ -48,8 +48,8 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    if "--markdown" in sys.argv:
+def main(argv: list[str]) -> None:
+    if "--markdown" in argv:
         print(markdown_table())
     else:
         print(describe(*load_settings_with_sources()))
