@@ -30,7 +30,7 @@ from typing import Any
 from serving.engines.base import Engine
 from serving.metrics import Metrics
 from serving.scheduling.errors import ClientGoneError, DeadlineExceededError, DrainingError, QueueFullError
-from serving.scheduling.work import WorkItem, generate_while_wanted
+from serving.scheduling.work import WorkItem, generate_isolating
 from serving.threads import DaemonExecutor
 from serving.types import DropReason, Item
 
@@ -263,16 +263,5 @@ class Batcher:
         self._settle_idle()
 
     async def _generate(self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem]) -> list[Any]:
-        try:
-            results = await loop.run_in_executor(self._executor, generate_while_wanted, self.engine, batch)
-            if len(results) != len(batch):
-                raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} items")
-            return results
-        except Exception as exc:
-            if len(batch) == 1:
-                return [exc]
-            logger.warning("batch of %d failed (%s); retrying its items one by one", len(batch), exc)
-        isolated: list[Any] = []
-        for w in batch:
-            isolated.extend(await self._generate(loop, [w]))
-        return isolated
+        """One result or exception per item, computed in the engine thread (work.generate_isolating)."""
+        return await loop.run_in_executor(self._executor, generate_isolating, self.engine, batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from typing import Any
 from serving.engines.base import Engine
 from serving.engines.stopping import stop_when
 from serving.types import DropReason, Item, Prediction
+
+logger = logging.getLogger("t5serving.scheduling")
 
 
 @dataclass(eq=False)
@@ -84,4 +87,5 @@ def generate_isolating(engine: Engine, batch: list[WorkItem]) -> list[Any]:
     except Exception as exc:
         if len(batch) == 1:
             return [exc]
+        logger.warning("a batch of %d failed (%s); running its items one by one", len(batch), exc)
     return [result for w in batch for result in generate_isolating(engine, [w])]
