@@ -55,7 +55,7 @@ def test_concurrency_is_sized_from_the_batchers_settings() -> None:
     assert sized() == 8                                    # 256 queued // 32 per request
     assert sized(**ASYNC_CONTAINER_ENV) == 4               # 1024 // 256
     assert sized(MAX_QUEUE_SIZE="4096", MAX_ITEMS_PER_REQUEST="8") == 16  # capped at one batch
-    assert sized(MAX_ITEMS_PER_REQUEST="2048") == 1        # never 0
+    assert sized(MAX_QUEUE_SIZE="2048", MAX_ITEMS_PER_REQUEST="2048") == 1  # never 0
 
 
 def test_async_settings_and_their_errors(aws_env, monkeypatch) -> None:  # noqa: F811

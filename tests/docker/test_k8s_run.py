@@ -316,7 +316,8 @@ def test_pod_spec_runs_under_docker_like_a_kubelet(pod_container: tuple[Pod, str
 
 def test_prometheus_scrapes_the_pod_container(pod_container: tuple[Pod, str, str, int], tmp_path: Path) -> None:
     """A real Prometheus on 127.0.0.1 scrapes the container started from the pod spec."""
-    from tests.k8s.test_prometheus import exercise, start_prometheus, stop
+    from tests.k8s.test_prometheus import exercise, start_prometheus
+    from tests.support import stop_process
 
     pod, cli, name, port = pod_container
     ok, tries = run_probe(f"http://127.0.0.1:{port}/ping", pod.container["startupProbe"])
@@ -325,7 +326,7 @@ def test_prometheus_scrapes_the_pod_container(pod_container: tuple[Pod, str, str
     try:
         exercise(f"http://127.0.0.1:{port}", prom)
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def _inflight(base: str) -> bool:
