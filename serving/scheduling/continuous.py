@@ -26,7 +26,7 @@ from typing import Any
 from serving.engines.base import Engine, IterativeDecoder
 from serving.metrics import Metrics
 from serving.scheduling.errors import ClientGoneError, DeadlineExceededError, DrainingError, QueueFullError
-from serving.scheduling.work import WorkItem, generate_isolating
+from serving.scheduling.work import WorkItem, generate_isolating, new_work
 from serving.threads import in_daemon_thread
 from serving.types import DropReason, Item
 
@@ -93,9 +93,7 @@ class ContinuousBatcher:
         with self._lock:
             if len(self._pending) + len(items) > self.max_queue_size:
                 raise QueueFullError(f"{len(self._pending)} items are queued (limit {self.max_queue_size})")
-            work = [WorkItem(item=item, tokens=n, group=self.engine.batch_key(item), deadline=deadline,
-                             request_id=request_id, future=loop.create_future(), cost=cost)
-                    for item, n, cost in zip(items, tokens, costs or [-1] * len(items), strict=True)]
+            work = new_work(self.engine, items, tokens, request_id, deadline, costs, loop)
             self._pending.extend(work)
             self.metrics.queue_depth.set(len(self._pending))
             self._lock.notify()
