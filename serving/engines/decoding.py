@@ -12,7 +12,9 @@ leaves the moment it is finished, taking its cache rows with it. The running bat
   and the mask hides the padding, so a row decodes as it would alone up to float rounding.
 
 Padding nobody needs any more (after the longest row leaves) is trimmed at once, so compute
-shrinks with the batch. Token choice per row lives in :mod:`serving.engines.row_choice`.
+shrinks with the batch. The encoder side lives in slots (:mod:`serving.engines.encoder_slots`)
+so that joins and leaves copy only the rows that move, not every running row's cache.
+Token choice per row lives in :mod:`serving.engines.row_choice`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
+from serving.engines.encoder_slots import KV, EncoderSlots
 from serving.engines.row_choice import GenerationParams, RowChooser
-
-KV = list[tuple[torch.Tensor, torch.Tensor]]   # per decoder layer: keys, values [rows, heads, length, d_kv]
 
 
 @dataclass(eq=False)
@@ -47,11 +48,20 @@ class DecodeRow:
 @dataclass
 class RunningBatch:
     rows: list[DecodeRow]
-    encoder_states: torch.Tensor    # [rows, source, d_model]
+    slots: EncoderSlots             # row i's encoder side is in slot i
     encoder_mask: torch.Tensor      # [rows, source], 1 = real token
     decoder_mask: torch.Tensor      # [rows, target], left-padded
     self_kv: KV
-    cross_kv: KV
+
+    @property
+    def encoder_states(self) -> torch.Tensor:
+        """[rows, source, d_model], a view of the slots."""
+        return self.slots.view(len(self.rows), self.encoder_mask.shape[1])[0]
+
+    @property
+    def cross_kv(self) -> KV:
+        """Per decoder layer, keys and values [rows, heads, source, d_kv], views of the slots."""
+        return self.slots.view(len(self.rows), self.encoder_mask.shape[1])[1]
 
 
 def _pad(tensor: torch.Tensor, dim: int, before: int = 0, after: int = 0) -> torch.Tensor:
@@ -63,10 +73,6 @@ def _pad(tensor: torch.Tensor, dim: int, before: int = 0, after: int = 0) -> tor
         shape[dim] = size
         pieces.append(tensor.new_zeros(shape))
     return torch.cat([pieces[0], tensor, pieces[1]], dim=dim)
-
-
-def _cat(a: KV, b: KV) -> KV:
-    return [(torch.cat([k1, k2]), torch.cat([v1, v2])) for (k1, v1), (k2, v2) in zip(a, b, strict=True)]
 
 
 def _cache(self_kv: KV, cross_kv: KV) -> EncoderDecoderCache:
@@ -135,30 +141,28 @@ class T5Decoder:
             states = self._encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             cross_kv = [(layer.k(states).view(shape).transpose(1, 2), layer.v(states).view(shape).transpose(1, 2))
                         for layer in self._cross_attention]
-        empty = cross_kv[0][0][:, :, :0]
-        joined = RunningBatch(rows=list(rows), encoder_states=states, encoder_mask=mask,
-                              decoder_mask=torch.zeros((len(rows), 0), dtype=torch.long),
-                              self_kv=[(empty, empty) for _ in cross_kv], cross_kv=cross_kv)
-        self.batch = joined if self.batch is None else self._merge(self.batch, joined)
+        if self.batch is None:
+            self.batch = RunningBatch(rows=list(rows), slots=EncoderSlots(states, cross_kv), encoder_mask=mask,
+                                      decoder_mask=torch.zeros((len(rows), 0), dtype=torch.long),
+                                      self_kv=[(k.new_zeros((*k.shape[:2], 0, k.shape[3])),
+                                                v.new_zeros((*v.shape[:2], 0, v.shape[3]))) for k, v in cross_kv])
+        else:
+            self._add(self.batch, list(rows), states, mask, cross_kv)
 
     @staticmethod
-    def _merge(a: RunningBatch, b: RunningBatch) -> RunningBatch:
-        source = max(a.encoder_mask.shape[1], b.encoder_mask.shape[1])
-        target = max(a.decoder_mask.shape[1], b.decoder_mask.shape[1])
-
-        def padded(x: RunningBatch) -> RunningBatch:
-            s, t = source - x.encoder_mask.shape[1], target - x.decoder_mask.shape[1]
-            return RunningBatch(
-                rows=x.rows, encoder_states=_pad(x.encoder_states, 1, after=s),
-                encoder_mask=_pad(x.encoder_mask, 1, after=s), decoder_mask=_pad(x.decoder_mask, 1, before=t),
-                self_kv=[(_pad(k, 2, before=t), _pad(v, 2, before=t)) for k, v in x.self_kv],
-                cross_kv=[(_pad(k, 2, after=s), _pad(v, 2, after=s)) for k, v in x.cross_kv])
-
-        pa, pb = padded(a), padded(b)
-        return RunningBatch(rows=pa.rows + pb.rows, encoder_states=torch.cat([pa.encoder_states, pb.encoder_states]),
-                            encoder_mask=torch.cat([pa.encoder_mask, pb.encoder_mask]),
-                            decoder_mask=torch.cat([pa.decoder_mask, pb.decoder_mask]),
-                            self_kv=_cat(pa.self_kv, pb.self_kv), cross_kv=_cat(pa.cross_kv, pb.cross_kv))
+    def _add(batch: RunningBatch, rows: list[DecodeRow], states: torch.Tensor, mask: torch.Tensor,
+             cross_kv: KV) -> None:
+        """Joining rows take the slots after the running ones; their decoder side starts empty,
+        left-padded to the running rows' prefix."""
+        batch.slots.write(len(batch.rows), states, cross_kv)
+        source = max(batch.encoder_mask.shape[1], mask.shape[1])
+        target = batch.decoder_mask.shape[1]
+        batch.encoder_mask = torch.cat([_pad(batch.encoder_mask, 1, after=source - batch.encoder_mask.shape[1]),
+                                        _pad(mask, 1, after=source - mask.shape[1])])
+        batch.decoder_mask = torch.cat([batch.decoder_mask, torch.zeros((len(rows), target), dtype=torch.long)])
+        batch.self_kv = [(torch.cat([k, k.new_zeros((len(rows), *k.shape[1:]))]),
+                          torch.cat([v, v.new_zeros((len(rows), *v.shape[1:]))])) for k, v in batch.self_kv]
+        batch.rows = batch.rows + rows
 
     # -- step --------------------------------------------------------------------------------
     def step(self) -> None:
@@ -198,22 +202,25 @@ class T5Decoder:
         if not keep:
             self.batch = None
             return
-        index = torch.tensor(keep, dtype=torch.long)
+        # The last rows that stay move into the holes the leaving ones make among the first slots:
+        # one copy per moved row, instead of the whole encoder side.
+        staying = set(keep)
+        holes = [i for i in range(len(keep)) if i not in staying]
+        movers = [i for i in keep if i >= len(keep)]
+        moved = dict(zip(movers, holes, strict=True))
+        order = sorted(keep, key=lambda i: moved.get(i, i))    # order[slot] = the row that is now in it
+        batch.slots.move(list(moved.items()), batch.encoder_mask.shape[1])
+        index = torch.tensor(order, dtype=torch.long)
         encoder_mask = batch.encoder_mask.index_select(0, index)
         decoder_mask = batch.decoder_mask.index_select(0, index)
         source = int(encoder_mask.any(0).nonzero().max()) + 1     # right padding, encoder side
         used = decoder_mask.any(0).nonzero()
         first = int(used.min()) if used.numel() else decoder_mask.shape[1]   # left padding, decoder side
-
-        def take(kv: KV, positions: slice) -> KV:
-            return [(k.index_select(0, index)[:, :, positions], v.index_select(0, index)[:, :, positions])
-                    for k, v in kv]
-
         self.batch = RunningBatch(
-            rows=[batch.rows[i] for i in keep],
-            encoder_states=batch.encoder_states.index_select(0, index)[:, :source],
+            rows=[batch.rows[i] for i in order], slots=batch.slots,
             encoder_mask=encoder_mask[:, :source], decoder_mask=decoder_mask[:, first:],
-            self_kv=take(batch.self_kv, slice(first, None)), cross_kv=take(batch.cross_kv, slice(0, source)))
+            self_kv=[(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+                     for k, v in batch.self_kv])
 
     def reset(self) -> list[DecodeRow]:
         """Forget the running batch (after a failure); return the rows it held."""
