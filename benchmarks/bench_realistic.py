@@ -107,7 +107,12 @@ def _occupancy(before: str, after: str) -> dict[str, float]:
     return {"mean_rows_per_decode_step": delta("t5serving_decode_step_rows_sum") / steps if steps else 0.0,
             "mean_items_per_batch": delta("t5serving_batch_size_sum") / batches if batches else 0.0,
             "padding_ratio": (delta("t5serving_input_tokens_total") + delta("t5serving_padding_tokens_total"))
-            / max(1.0, delta("t5serving_input_tokens_total"))}
+            / max(1.0, delta("t5serving_input_tokens_total")),
+            # Where the worker's time went: decode steps, encoder passes of joining rows, and
+            # whole generate calls (all of the request-level batcher's, beam search for continuous).
+            "decode_steps_s": delta("t5serving_decode_step_seconds_sum"),
+            "encode_s": delta("t5serving_encode_seconds_sum"),
+            "generate_s": delta("t5serving_batch_compute_seconds_sum")}
 
 
 def _summarise(latencies: list[float], errors: list[str], wall: float, extra: dict) -> dict:
@@ -276,6 +281,13 @@ def judge(r: dict, c: int) -> tuple[dict[str, float], dict[str, bool]]:
     return ratios, goals
 
 
+def _split(s: dict) -> str:
+    """Seconds of decode steps / encoder passes / whole generate calls (older results lack them)."""
+    if "decode_steps_s" not in s:
+        return "-"
+    return f"{s['decode_steps_s']:.0f} / {s['encode_s']:.0f} / {s['generate_s']:.0f}"
+
+
 def render_markdown(r: dict) -> str:
     lines = [f"# Batching under realistic traffic ({time.strftime('%Y-%m-%d')})", "",
              f"Command: `{r['command']}`", "",
@@ -285,22 +297,22 @@ def render_markdown(r: dict) -> str:
                                        f"{v['output_tokens']} output tokens" for k, v in r["workloads"].items()), "",
              "## Closed loop", "",
              "| scheduler / workload / clients | summaries/s | p50 s | p95 s | p99 s | rows per decode step "
-             "| items per batch | padded/real | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| items per batch | padded/real | steps / encoder / generate s | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for key, s in r["closed"].items():
         lines.append(f"| {key} | {s['throughput_per_s']:.2f} | {s['p50_s']:.1f} | {s['p95_s']:.1f} | "
                      f"{s['p99_s']:.1f} | {s['mean_rows_per_decode_step']:.1f} | {s['mean_items_per_batch']:.1f} | "
-                     f"{s['padding_ratio']:.2f} | {s['errors']} |")
+                     f"{s['padding_ratio']:.2f} | {_split(s)} | {s['errors']} |")
     alone_s = r["alone_s"]
     lines += ["", "## Open loop (Poisson arrivals; capacity = continuous realistic closed-loop throughput, "
               f"{r['capacity_per_s']:.2f}/s; alone: p50 {alone_s['p50']:.1f} s, p95 {alone_s['p95']:.1f} s)", "",
               "| scheduler / load | offered /s | done /s | p50 s | p95 s | p99 s | slowdown p50 | slowdown p95 "
-              "| rows per step | errors |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| rows per step | steps / encoder / generate s | errors |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, s in r["open"].items():
         lines.append(f"| {key} | {s['rate_per_s']:.2f} | {s['throughput_per_s']:.2f} | {s['p50_s']:.1f} | "
                      f"{s['p95_s']:.1f} | {s['p99_s']:.1f} | {s['slowdown_p50']:.2f} | {s['slowdown_p95']:.2f} | "
-                     f"{s['mean_rows_per_decode_step']:.1f} | {s['errors']} |")
+                     f"{s['mean_rows_per_decode_step']:.1f} | {_split(s)} | {s['errors']} |")
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in r["ratios"].items()]
     lines += ["", "| goal | met |", "|---|---|"] + [f"| {k} | {'yes' if v else 'NO'} |" for k, v in r["goals"].items()]
     return "\n".join(lines) + "\n"

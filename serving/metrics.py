@@ -61,6 +61,10 @@ class Metrics:
         self.decode_step_seconds = Histogram(f"{p}_decode_step_seconds",
                                              "Wall time of one decode step (every running row, one token).",
                                              buckets=TOKEN_TIME_BUCKETS, registry=r)
+        self.encode_seconds = Histogram(f"{p}_encode_seconds",
+                                        "Wall time of one encoder pass over rows joining the continuous "
+                                        "scheduler's running batch (the running rows wait for it).",
+                                        buckets=LATENCY_BUCKETS, registry=r)
         self.rows_joined = Histogram(f"{p}_rows_joined_per_step",
                                      "Rows that joined the running batch before one decode step.",
                                      buckets=JOIN_BUCKETS, registry=r)
@@ -108,6 +112,7 @@ class Metrics:
     def observe_join(self, rows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
         """One encoder pass over rows joining the running batch."""
         self.batch_size.observe(rows)
+        self.encode_seconds.observe(seconds)
         self.input_tokens.inc(real_tokens)
         self.padding_tokens.inc(max(0, padded_tokens - real_tokens))
         if real_tokens:

@@ -167,9 +167,13 @@ def test_joiners_are_encoded_in_groups_of_similar_length():
         work = [submit(batcher, text, tokens=n) for text, n in (("x40", 40), ("x10", 10), ("x41", 41), ("x12", 12))]
         await asyncio.gather(*(w.future for w in work))
         await batcher.stop()
-        return decoder
+        return decoder, batcher.metrics.render()[0].decode()
 
-    assert asyncio.run(scenario()).joins == [["x10", "x12"], ["x40", "x41"]]
+    decoder, text = asyncio.run(scenario())
+    assert decoder.joins == [["x10", "x12"], ["x40", "x41"]]
+    # Each encoder pass is timed: the wait it imposes on the running rows shows in the metrics.
+    assert metric_value(text, "t5serving_encode_seconds_count") == 2
+    assert metric_value(text, "t5serving_batch_size_count") == 2
 
 
 def test_a_deadline_stops_a_running_row_at_the_next_step():
