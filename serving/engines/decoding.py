@@ -174,10 +174,11 @@ class T5Decoder:
         last = torch.tensor([row.generated[-1] if row.generated else self.start for row in batch.rows],
                             dtype=torch.long)[:, None]
         decoder_mask = torch.cat([batch.decoder_mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
+        states, cross_kv = batch.slots.view(len(batch.rows), batch.encoder_mask.shape[1])
         with torch.inference_mode():
-            out = self.network(encoder_outputs=(batch.encoder_states,), attention_mask=batch.encoder_mask,
+            out = self.network(encoder_outputs=(states,), attention_mask=batch.encoder_mask,
                                decoder_input_ids=last, decoder_attention_mask=decoder_mask,
-                               cache=_cache(batch.self_kv, batch.cross_kv), use_cache=True,
+                               cache=_cache(batch.self_kv, cross_kv), use_cache=True,
                                **self._forward_kwargs(batch.rows))
         logits = out.logits[:, -1, :].float()
         batch.decoder_mask = decoder_mask
@@ -202,14 +203,8 @@ class T5Decoder:
         if not keep:
             self.batch = None
             return
-        # The last rows that stay move into the holes the leaving ones make among the first slots:
-        # one copy per moved row, instead of the whole encoder side.
-        staying = set(keep)
-        holes = [i for i in range(len(keep)) if i not in staying]
-        movers = [i for i in keep if i >= len(keep)]
-        moved = dict(zip(movers, holes, strict=True))
-        order = sorted(keep, key=lambda i: moved.get(i, i))    # order[slot] = the row that is now in it
-        batch.slots.move(list(moved.items()), batch.encoder_mask.shape[1])
+        # Only the rows that fill the leavers' holes are copied, not the whole encoder side.
+        order = batch.slots.keep(keep, batch.encoder_mask.shape[1])   # order[slot] = the row now in it
         index = torch.tensor(order, dtype=torch.long)
         encoder_mask = batch.encoder_mask.index_select(0, index)
         decoder_mask = batch.decoder_mask.index_select(0, index)

@@ -62,16 +62,22 @@ class EncoderSlots:
             values[start:start + rows, :, :source] = v
 
     @torch.inference_mode()
-    def move(self, moves: Sequence[tuple[int, int]], source: int) -> None:
-        """Copy slot ``src`` to slot ``dst`` (first ``source`` positions) for each (src, dst)."""
-        if not moves:
-            return
-        src = torch.tensor([m[0] for m in moves], dtype=torch.long)
-        dst = torch.tensor([m[1] for m in moves], dtype=torch.long)
-        self.states[dst, :source] = self.states[src, :source]
-        for keys, values in self.cross_kv:
-            keys[dst, :, :source] = keys[src, :, :source]
-            values[dst, :, :source] = values[src, :, :source]
+    def keep(self, staying: Sequence[int], source: int) -> list[int]:
+        """Keep only the slots ``staying`` (ascending): the last of them move into the holes among
+        the first ``len(staying)`` slots, one copy per moved row (first ``source`` positions).
+        Returns the new order: ``order[slot]`` is the old slot now in ``slot``."""
+        kept = set(staying)
+        holes = [i for i in range(len(staying)) if i not in kept]
+        movers = [i for i in staying if i >= len(staying)]
+        moved = dict(zip(movers, holes, strict=True))
+        if moved:
+            src = torch.tensor(list(moved), dtype=torch.long)
+            dst = torch.tensor(list(moved.values()), dtype=torch.long)
+            self.states[dst, :source] = self.states[src, :source]
+            for keys, values in self.cross_kv:
+                keys[dst, :, :source] = keys[src, :, :source]
+                values[dst, :, :source] = values[src, :, :source]
+        return sorted(staying, key=lambda i: moved.get(i, i))
 
     def _ensure(self, rows: int, source: int) -> None:
         have_rows, have_source = self.capacity

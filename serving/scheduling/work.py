@@ -39,13 +39,13 @@ class WorkItem:
             self.cost = item_cost(self.item, self.tokens)
 
 
-
 def new_work(engine: Engine, items: Sequence[Item], tokens: Sequence[int], request_id: str, deadline: float,
              costs: Sequence[int] | None, loop: asyncio.AbstractEventLoop) -> list[WorkItem]:
     """A request's items as both schedulers queue them; ``costs`` default to item_cost()."""
     return [WorkItem(item=item, tokens=n, group=engine.batch_key(item), deadline=deadline,
                      request_id=request_id, future=loop.create_future(), cost=cost)
             for item, n, cost in zip(items, tokens, costs or [-1] * len(items), strict=True)]
+
 
 def _positive_int(value: Any, fallback: int) -> int:
     try:

@@ -1,5 +1,5 @@
 """The running batch's encoder slots (serving/engines/encoder_slots.py): joins write only the new
-rows, leaves move only the rows that fill holes, and the view is always the running rows' data.
+rows, a leave moves only the rows that fill holes, and the view is always the running rows' data.
 
 The end-to-end proof that decoding is unchanged is in test_decoding.py (rows token-identical to
 generate alone over random schedules); this checks the bookkeeping against a plain reference
@@ -39,16 +39,6 @@ def _stack(rows: list) -> tuple[torch.Tensor, list]:
     return states, kv
 
 
-def _leave(running: list, gone: set[int]) -> tuple[list, list[tuple[int, int]]]:
-    """What the decoder does on a leave: the last staying rows fill the holes."""
-    keep = [i for i in range(len(running)) if i not in gone]
-    holes = [i for i in range(len(keep)) if i in gone]
-    movers = [i for i in keep if i >= len(keep)]
-    moved = dict(zip(movers, holes, strict=True))
-    order = sorted(keep, key=lambda i: moved.get(i, i))
-    return [running[i] for i in order], list(moved.items())
-
-
 def test_views_hold_the_running_rows_through_random_joins_and_leaves():
     rng = random.Random(3)
     for _ in range(60):
@@ -60,8 +50,12 @@ def test_views_hold_the_running_rows_through_random_joins_and_leaves():
                 if len(gone) == len(running):
                     continue
                 source = max(r[0].shape[1] for r in running)
-                running, moves = _leave(running, gone)
-                slots.move(moves, source)
+                staying = [i for i in range(len(running)) if i not in gone]
+                order = slots.keep(staying, source)
+                assert sorted(order) == staying
+                # Rows already among the first slots stay where they are: only movers are copied.
+                assert all(order[slot] == slot for slot in range(len(staying)) if slot in staying)
+                running = [running[i] for i in order]
             else:
                 joining = [_row(rng, rng.randint(1, 300)) for _ in range(rng.randint(1, 4))]
                 slots.write(len(running), *_stack(joining))
