@@ -14,7 +14,7 @@ bench: bench-model ## Batching vs unbatched server vs in-process generate (minut
 
 REALISTIC_ARGS ?=
 
-bench-realistic: bench-model ## Continuous vs request-level batching on realistic and uniform traffic, closed + open loop (~45 min)
+bench-realistic: bench-model ## Continuous vs request-level batching on realistic and uniform traffic, closed + open loop (~25 min on 2 cores)
 	PYTHONPATH=. flock /tmp/bench.lock $(PY) -m benchmarks.bench_realistic --model-dir $(BENCH_MODEL_DIR) $(REALISTIC_ARGS)
 
 # The soak test: not part of CI (10 minutes of CPU). Results in benchmarks/results/soak-<time>.{json,md}.
